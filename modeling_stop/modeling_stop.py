@@ -525,6 +525,11 @@ class STOPModel(STOPPreTrainedModel):
             logits_per_text = self.clip.logit_scale.exp() * text_embeds @ video_embeds.t()
             logits_per_video = logits_per_text.t()
             if return_loss:
+                if logits_per_text.shape[0] != logits_per_text.shape[1]:
+                    raise ValueError(
+                        "return_loss=True pairs text i with video i: got "
+                        f"{logits_per_text.shape[0]} texts for {logits_per_text.shape[1]} videos"
+                    )
                 loss = contrastive_loss(logits_per_text)
         elif return_loss:
             raise ValueError("return_loss=True needs both input_ids and pixel_values")
