@@ -63,6 +63,32 @@ class STOPConfig(PretrainedConfig):
             period-g lattice); `"patch"` averages the pixels of each ViT patch.
         frame_weight_norm (`str`, defaults to `"batch"`): min-max normalisation of the official frame weights
             over the whole batch (as released: a video's output depends on its batch) or per `"video"`.
+        attention_alpha (`float`, defaults to 0.5): paper variant: weight of the frozen CLIP's CLS-to-patch
+            attention (first block, on the `ln_pre` tokens) against the learned temporal-dynamics score when
+            choosing the discriminative patches, `W = alpha * A + (1 - alpha) * M` (both are distributions over
+            the patches of a frame). 0.5 trusts the backbone's saliency and the motion cue equally.
+        region_beta (`float`, defaults to 1.0): paper variant: the discriminative patches count `1 + beta` times
+            in the frame descriptors whose change drives the inter-frame prompts (1.0 doubles them: the selected
+            regions dominate without silencing the rest of the frame).
+        insertion_scale (`float`, defaults to 8.0): paper variant: gap i gets `ceil(insertion_scale * W_i)`
+            inserted prompt tokens, W_i = 1 - cos(frame i, frame i + 1) in [0, 2]. Frozen-CLIP frame descriptors
+            of consecutive frames have cosine ~0.9-1, so 8 maps a typical change to 1-2 tokens and a cut to the
+            bound.
+        max_inserted_tokens (`int`, defaults to 4): paper variant: bound per gap; the total per video is at most
+            `(num_frames - 1) * max_inserted_tokens` (padded slots are masked out of attention).
+        paper_hidden_dim (`int`, defaults to 32): paper variant: channels of the token-space prompters (their
+            cost stays a few percent of the backbone).
+        paper_dropout (`float`, defaults to 0.1): paper variant: dropout of the prompters' outputs.
+        frame_position_embeddings (`bool`, defaults to `False`): learnable per-frame embeddings (zero-initialised)
+            added to each frame's local prompts, giving the prompt modules frame order. Off for the official
+            variant's parity.
+        max_frames (`int`, defaults to 64): size of the frame position tables (frame position embeddings and the
+            temporal head).
+        temporal_head (`str`, defaults to `"none"`): `"seqTransf"` adds CLIP4Clip's sequential transformer over
+            per-frame features (learnable frame positions, residual, mean over valid frames). On STOP it is added
+            to STOP's video feature through a learned gate initialised to zero (an untrained head changes nothing);
+            on the frozen-CLIP baseline (`use_dgl_prompts=False`) it replaces mean pooling.
+        temporal_head_layers (`int`, defaults to 2): transformer layers of the temporal head.
     """
 
     model_type = "stop"
@@ -101,6 +127,16 @@ class STOPConfig(PretrainedConfig):
         frame_weight_kernel=(5, 11, 11),
         mask_layout="official",
         frame_weight_norm="batch",
+        attention_alpha=0.5,
+        region_beta=1.0,
+        insertion_scale=8.0,
+        max_inserted_tokens=4,
+        paper_hidden_dim=32,
+        paper_dropout=0.1,
+        frame_position_embeddings=False,
+        max_frames=64,
+        temporal_head="none",
+        temporal_head_layers=2,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -139,6 +175,16 @@ class STOPConfig(PretrainedConfig):
         self.frame_weight_kernel = list(_as_tuple(frame_weight_kernel, "frame_weight_kernel"))
         self.mask_layout = mask_layout
         self.frame_weight_norm = frame_weight_norm
+        self.attention_alpha = attention_alpha
+        self.region_beta = region_beta
+        self.insertion_scale = insertion_scale
+        self.max_inserted_tokens = max_inserted_tokens
+        self.paper_hidden_dim = paper_hidden_dim
+        self.paper_dropout = paper_dropout
+        self.frame_position_embeddings = frame_position_embeddings
+        self.max_frames = max_frames
+        self.temporal_head = temporal_head
+        self.temporal_head_layers = temporal_head_layers
         super().__init__(**kwargs)
         self._validate()
 
@@ -148,6 +194,7 @@ class STOPConfig(PretrainedConfig):
             "prompt_generator": ("transformer", "linear"),
             "mask_layout": ("official", "patch"),
             "frame_weight_norm": ("batch", "video"),
+            "temporal_head": ("none", "seqTransf"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -159,6 +206,10 @@ class STOPConfig(PretrainedConfig):
                 "STOPConfig: use_dgl_prompts=False is the frozen-CLIP baseline; set use_spatial_prompt=False and "
                 "use_temporal_prompt=False too"
             )
+        if not 0.0 <= self.attention_alpha <= 1.0:
+            raise ValueError(f"STOPConfig.attention_alpha must be in [0, 1], got {self.attention_alpha}")
+        if self.num_frames > self.max_frames:
+            raise ValueError(f"STOPConfig.num_frames ({self.num_frames}) exceeds max_frames ({self.max_frames})")
         if self.grid_size * self.patch_size != self.image_size:
             raise ValueError(
                 f"STOPConfig: vision_config.image_size ({self.image_size}) must be a multiple of patch_size "
@@ -182,6 +233,11 @@ class STOPConfig(PretrainedConfig):
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def frame_shared_prompts(self) -> bool:
+        """Whether the generator's local prompts are shared by all frames (so the weights do not fix T)."""
+        return self.variant == "paper" or self.prompt_generator == "linear"
 
     @property
     def prompt_layers(self) -> int:

@@ -260,6 +260,9 @@ def convert_official_state(state: dict, num_frames: int | None = None, **overrid
         if name is not None:
             ours[name] = value
     expected = model.state_dict()
+    # Modules the authors' code does not have (order-aware additions) keep their fresh initialisation.
+    fresh = tuple(k for k in expected if k.startswith(("temporal_head.", "temporal_gate", "frame_positions.")))
+    ours.update({k: expected[k] for k in fresh})
     missing = sorted(set(expected) - set(ours))
     unexpected = sorted(set(ours) - set(expected))
     if missing or unexpected:

@@ -42,9 +42,14 @@ class STOPOutput(ModelOutput):
         text_embeds (`torch.FloatTensor` of shape `(num_texts, projection_dim)`): normalised text embeddings.
         video_embeds (`torch.FloatTensor` of shape `(num_videos, projection_dim)`): normalised video embeddings.
         spatial_mask (`torch.BoolTensor` of shape `(num_videos, num_frames, grid, grid)`, *optional*): regions
-            selected by the spatial prompt (official mask layout: a period-`grid` pixel lattice, see the config).
+            selected by the spatial prompt (official mask layout: a period-`grid` pixel lattice, see the config;
+            paper variant: patches).
         frame_weights (`torch.FloatTensor` of shape `(num_videos, num_frames)`, *optional*): normalised frame
-            weights of the inter-frame prompt.
+            weights of the official inter-frame prompt.
+        frame_variation (`torch.FloatTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
+            variation of each gap between consecutive frames.
+        inserted_tokens (`torch.LongTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
+            prompt tokens inserted after each frame.
     """
 
     loss: torch.FloatTensor | None = None
@@ -54,6 +59,8 @@ class STOPOutput(ModelOutput):
     video_embeds: torch.FloatTensor | None = None
     spatial_mask: torch.BoolTensor | None = None
     frame_weights: torch.FloatTensor | None = None
+    frame_variation: torch.FloatTensor | None = None
+    inserted_tokens: torch.LongTensor | None = None
 
 
 @dataclass
@@ -63,6 +70,21 @@ class STOPVideoEncoding(ModelOutput):
     video_features: torch.FloatTensor | None = None
     spatial_mask: torch.BoolTensor | None = None
     frame_weights: torch.FloatTensor | None = None
+    frame_variation: torch.FloatTensor | None = None
+    inserted_tokens: torch.LongTensor | None = None
+
+
+@dataclass
+class STOPTemporalPrompts(ModelOutput):
+    """What a temporal prompter contributes: an offset to every frame's local prompts (official) and/or prompt
+    tokens inserted after each frame with their slot mask (paper), plus diagnostics."""
+
+    local_offset: torch.FloatTensor | None = None
+    inserted: torch.FloatTensor | None = None
+    inserted_mask: torch.BoolTensor | None = None
+    frame_weights: torch.FloatTensor | None = None
+    frame_variation: torch.FloatTensor | None = None
+    inserted_tokens: torch.LongTensor | None = None
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -126,15 +148,17 @@ class STOPPromptGenerator(nn.Module):
         self.width = vision.hidden_size
         self.num_text = config.num_text_prompts
         self.num_local = config.num_local_prompts
-        self.num_frames = config.num_frames
-        num_rows = self.num_text + self.num_local * self.num_frames
+        # The official table owns one row per frame prompt (tying the model to num_frames); the paper variant
+        # shares the local prompts across frames so one model runs on any frame count.
+        self.num_frames = None if config.frame_shared_prompts else config.num_frames
+        num_rows = self.num_text + self.num_local * (self.num_frames or 1)
         self.embedding = nn.Embedding(num_rows, self.num_layers * self.width)
         self.block = STOPPromptBlock(self.width, vision.num_attention_heads)
         self.text_mlp = STOPMLP(self.width, 2 * self.width, text.hidden_size)
 
     def forward(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns text prompts [layers, num_text, Dt] and local visual prompts [layers, T, num_local, D]."""
-        if num_frames != self.num_frames:
+        if self.num_frames is not None and num_frames != self.num_frames:
             raise ValueError(
                 f"This STOP model's transformer prompt generator was built for num_frames={self.num_frames} "
                 f"(its table has one row per frame prompt) but the video has {num_frames} frames. Sample "
@@ -145,8 +169,8 @@ class STOPPromptGenerator(nn.Module):
         tokens = self.embedding.weight.view(rows, self.num_layers, self.width).transpose(0, 1)
         tokens = self.block(tokens)
         text = self.text_mlp(tokens[:, : self.num_text])
-        visual = tokens[:, self.num_text :].reshape(self.num_layers, num_frames, self.num_local, self.width)
-        return text, visual
+        visual = tokens[:, self.num_text :].reshape(self.num_layers, -1, self.num_local, self.width)
+        return text, visual.expand(-1, num_frames, -1, -1)
 
 
 class STOPLinearPromptGenerator(nn.Module):
@@ -187,12 +211,14 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
-def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens):
+def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens, frame_valid=None):
     """One frozen CLIP vision layer with global-local attention.
 
     global_tokens [B, G, D]; frame_tokens [B, T, S, D]. Frame tokens attend to [their video's global tokens;
     their own frame]; global tokens attend to [themselves; every frame token of their video]. The same
     frozen q/k/v/out projections and MLP serve both, then `x + MLP(ln_2(x)) + scale * adapter(x)`.
+    `frame_valid` [B, T, S] (bool, optional) removes padded tokens (padded frames, empty inserted-prompt
+    slots) from every key set.
     """
     batch, frames, seq, dim = frame_tokens.shape
     num_global = global_tokens.shape[1]
@@ -206,12 +232,17 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
     def frame_keys(g, f):  # [B,T,H,G+S,hd]
         return torch.cat([g.unsqueeze(1).expand(-1, frames, -1, -1, -1), f], dim=3)
 
-    out_f = F.scaled_dot_product_attention(qf, frame_keys(kg, kf), frame_keys(vg, vf))
+    frame_mask = video_mask_ = None
+    if frame_valid is not None:
+        always = frame_valid.new_ones(batch, num_global)
+        frame_mask = torch.cat([always.unsqueeze(1).expand(-1, frames, -1), frame_valid], dim=2)[:, :, None, None]
+        video_mask_ = torch.cat([always, frame_valid.flatten(1)], dim=1)[:, None, None]
+    out_f = F.scaled_dot_product_attention(qf, frame_keys(kg, kf), frame_keys(vg, vf), attn_mask=frame_mask)
 
     def video_keys(g, f):  # [B,H,G+T*S,hd]
         return torch.cat([g, f.transpose(1, 2).flatten(2, 3)], dim=2)
 
-    out_g = F.scaled_dot_product_attention(qg, video_keys(kg, kf), video_keys(vg, vf))
+    out_g = F.scaled_dot_product_attention(qg, video_keys(kg, kf), video_keys(vg, vf), attn_mask=video_mask_)
 
     x = torch.cat([global_tokens, frame_tokens.flatten(1, 2)], dim=1)
     attn_out = torch.cat([_merge_heads(out_g), _merge_heads(out_f).flatten(1, 2)], dim=1)
@@ -264,6 +295,8 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 class STOPOfficialSpatialPrompter(nn.Module):
     """Intra-frame spatial prompt in pixel space, as released: `x + s * p + s * p * mask`."""
+
+    stage = "pixels"
 
     def __init__(self, config: STOPConfig):
         super().__init__()
@@ -322,8 +355,9 @@ class STOPOfficialTemporalPrompter(nn.Module):
         span = weights.amax(dim=dims, keepdim=dims is not None) - low
         return torch.where(span > 0, (weights - low) / span.clamp_min(torch.finfo(weights.dtype).tiny), 0.0)
 
-    def forward(self, tokens: torch.Tensor, region_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, T, 1 + N, D] after ln_pre; region_mask [B, T, g, g] -> prompts [B, T, P, D], weights [B, T]."""
+    def forward(self, tokens: torch.Tensor, region_mask: torch.Tensor | None, video_mask=None) -> STOPTemporalPrompts:
+        """tokens [B, T, 1 + N, D] after ln_pre; region_mask [B, T, g, g] -> offsets [B, T, P, D], weights [B, T].
+        As released, padded frames are not masked out."""
         b, t, _, d = tokens.shape
         patches = tokens[:, :, 1:].reshape(b, -1, d)
         mixed = self.attention(patches, patches, patches, need_weights=False)[0].view(b, 1, t, -1, d)
@@ -334,8 +368,156 @@ class STOPOfficialTemporalPrompter(nn.Module):
         prompt = self.inter_conv(mixed).squeeze(1)  # [B, T, N, D]
         prompt = self.inter_mlp(prompt.transpose(-1, -2)).transpose(-1, -2)  # [B, T, P, D]
         prompt = prompt + prompt * weights[:, :, None, None]
-        return self.scale * prompt, weights
+        return STOPTemporalPrompts(local_offset=self.scale * prompt, frame_weights=weights)
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The paper's STOP modules (variant="paper"): token space, any geometry and frame count, batch-independent
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cls_patch_attention(layer, tokens: torch.Tensor) -> torch.Tensor:
+    """The frozen block's CLS-to-patch attention on tokens [B, T, 1 + N, D], averaged over heads: [B, T, N]."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(tokens)
+    q = _split_heads(attn.q_proj(h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
+    k = _split_heads(attn.k_proj(h), attn.num_heads)  # [B, T, H, 1 + N, hd]
+    weights = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1).mean(2)[:, :, 0, 1:]
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def _to_grid(patches: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, T, N, D] -> [B, D, T, g, g] for 3D convolutions over (time, rows, cols)."""
+    b, t, _, d = patches.shape
+    return patches.permute(0, 3, 1, 2).reshape(b, d, t, grid, grid)
+
+
+class STOPPaperSpatialPrompter(nn.Module):
+    """Intra-frame spatial prompting on patch tokens (paper, Fig. 2).
+
+    The discriminative region of frame t is the top-k patches of `alpha * A_t + (1 - alpha) * M_t`, A_t the
+    frozen CLS-to-patch attention and M_t a temporal-dynamics score (a Conv3d over frames t-1, t, t+1). An
+    intra-frame prompter on (h_{t-1}, h_t, h_{t+1}) produces p_t, added to the selected patches weighted by
+    their fused score (so both score branches receive gradients).
+    """
+
+    stage = "tokens"
+
+    def __init__(self, config: STOPConfig):
+        super().__init__()
+        width, hidden = config.vision_config.hidden_size, config.paper_hidden_dim
+        self.dynamics = nn.Conv3d(width, 1, 3, padding=1)
+        self.conv = nn.Sequential(
+            nn.Conv3d(width, hidden, 3, padding=1), nn.ReLU(), nn.Conv3d(hidden, hidden, 3, padding=1)
+        )
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, width))
+        self.dropout = nn.Dropout(config.paper_dropout)
+        self.grid, self.top_k, self.alpha = config.grid_size, config.spatial_top_k, config.attention_alpha
+
+    def forward(self, tokens: torch.Tensor, cls_attention: torch.Tensor, video_mask: torch.Tensor):
+        """tokens [B, T, 1 + N, D] -> prompted tokens, region mask [B, T, g, g]."""
+        b, t, _, _ = tokens.shape
+        patches = tokens[:, :, 1:]
+        # Padded frames read as the convolutions' zero padding, so padding never changes a video's output.
+        valid = video_mask.to(patches.dtype)[:, None, :, None, None]  # [B, 1, T, 1, 1]
+        grid = _to_grid(patches, self.grid) * valid
+        dynamics = self.dynamics(grid).flatten(2).view(b, t, -1).softmax(-1)  # M_t
+        score = self.alpha * cls_attention.to(dynamics.dtype) + (1 - self.alpha) * dynamics  # W_t
+        region = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, score.topk(self.top_k, dim=-1).indices, True)
+        hidden = self.conv[2](self.conv[1](self.conv[0](grid)) * valid)
+        prompt = self.dropout(self.mlp(hidden.flatten(3).permute(0, 2, 3, 1)))  # p_t [B, T, N, D]
+        weight = region.to(score.dtype) * score * score.shape[-1]  # position mapping; mean score 1
+        patches = patches + weight.unsqueeze(-1) * prompt
+        return torch.cat([tokens[:, :, :1], patches], dim=2), region.view(b, t, self.grid, self.grid)
+
+
+class STOPPaperTemporalPrompter(nn.Module):
+    """Inter-frame prompting with dynamic insertion (paper, Fig. 2).
+
+    Frame i's descriptor weighs its discriminative patches by `1 + beta`; the variation of gap i is
+    `W_i = 1 - cos(f_i, f_{i+1})`. An inter-frame prompter (attention over the gaps, Conv-ReLU-Conv over time,
+    a Linear with W injected, dropout) turns the SIGNED change `f_{i+1} - f_i` into up to `max_inserted_tokens`
+    prompt tokens, of which the first `ceil(insertion_scale * W_i)` are inserted after frame i.
+    """
+
+    def __init__(self, config: STOPConfig):
+        super().__init__()
+        width, hidden = config.vision_config.hidden_size, config.paper_hidden_dim
+        self.max_tokens, self.scale, self.beta = config.max_inserted_tokens, config.insertion_scale, config.region_beta
+        self.proj_in = nn.Linear(2 * width, hidden)
+        self.attention = nn.MultiheadAttention(hidden, max(1, hidden // 32), batch_first=True)
+        self.conv = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1))
+        self.proj_out = nn.Linear(hidden + 1, self.max_tokens * width)
+        self.dropout = nn.Dropout(config.paper_dropout)
+
+    def forward(self, tokens: torch.Tensor, region: torch.Tensor | None, video_mask: torch.Tensor) -> STOPTemporalPrompts:
+        """tokens [B, T, 1 + N, D] (spatially prompted), region [B, T, g, g], video_mask [B, T] -> prompt tokens
+        [B, T, K, D] inserted after each frame with their slot mask [B, T, K]."""
+        b, t, _, d = tokens.shape
+        if t == 1:  # a single frame has no gap to prompt
+            empty = tokens.new_zeros(b, 0)
+            return STOPTemporalPrompts(
+                inserted=tokens.new_zeros(b, 1, self.max_tokens, d),
+                inserted_mask=torch.zeros(b, 1, self.max_tokens, dtype=torch.bool, device=tokens.device),
+                frame_variation=empty,
+                inserted_tokens=empty.long(),
+            )
+        weights = torch.ones_like(tokens[:, :, 1:, 0])
+        if region is not None:
+            weights = weights + self.beta * region.flatten(2).to(tokens.dtype)  # [B, T, N]
+        frames = (tokens[:, :, 1:] * weights.unsqueeze(-1)).sum(2) / weights.sum(2, keepdim=True)  # f_i
+        valid = video_mask.bool()
+        gap_valid = valid[:, :-1] & valid[:, 1:]
+        variation = (1 - F.cosine_similarity(frames[:, :-1], frames[:, 1:], dim=-1)) * gap_valid
+        counts = torch.ceil(self.scale * variation.detach()).clamp(max=self.max_tokens).long() * gap_valid
+
+        x = self.proj_in(torch.cat([frames[:, :-1], frames[:, 1:] - frames[:, :-1]], dim=-1))  # [B, T-1, c]
+        # A video whose gaps are all padding attends to itself only (its slots are empty anyway).
+        padding = ~gap_valid & gap_valid.any(-1, keepdim=True)
+        x = x + self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        keep = gap_valid.unsqueeze(1).to(x.dtype)  # [B, 1, T-1]: padded gaps read as the convs' zero padding
+        h = x.transpose(1, 2) * keep
+        x = x + self.conv[2](self.conv[1](self.conv[0](h)) * keep).transpose(1, 2)
+        prompts = self.dropout(self.proj_out(torch.cat([x, variation.unsqueeze(-1)], dim=-1)))
+        prompts = prompts.view(b, t - 1, self.max_tokens, d)
+        slots = torch.arange(self.max_tokens, device=tokens.device) < counts.unsqueeze(-1)
+        # The last frame has no gap after it: an empty slot group keeps the layout [B, T, K, D].
+        prompts = F.pad(prompts, (0, 0, 0, 0, 0, 1))
+        slots = F.pad(slots, (0, 0, 0, 1))
+        return STOPTemporalPrompts(
+            inserted=prompts, inserted_mask=slots, frame_variation=variation, inserted_tokens=counts
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Order-aware temporal head (CLIP4Clip seqTransf)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class STOPTemporalHead(nn.Module):
+    """CLIP4Clip's sequential transformer over per-frame features: positions, N layers, residual, masked mean."""
+
+    def __init__(self, config: STOPConfig):
+        super().__init__()
+        dim = config.projection_dim
+        self.position_embeddings = nn.Embedding(config.max_frames, dim)
+        layer = nn.TransformerEncoderLayer(
+            dim, max(1, dim // 64), 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.temporal_head_layers, enable_nested_tensor=False)
+
+    def forward(self, frame_features: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """frame_features [B, T, E] (projected, unnormalised), video_mask [B, T] -> [B, E]."""
+        t = frame_features.shape[1]
+        positions = self.position_embeddings.weight[:t].to(frame_features.dtype)
+        x = frame_features + self.encoder(frame_features + positions, src_key_padding_mask=~video_mask.bool())
+        return masked_mean(F.normalize(x, dim=-1), video_mask)
+
+
+def masked_mean(frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    weights = video_mask.to(frames.dtype).unsqueeze(-1)
+    return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 # ----------------------------------------------------------------------------------------------------------
 # The model
@@ -352,17 +534,24 @@ class STOPPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPEncoderLayer"]
 
     def _init_weights(self, module):
+        # Children are initialised before their parents, so a parent may override its children's defaults.
         if isinstance(module, STOPModel):
             vision = self.config.vision_config
             # The authors' xavier-style bound for the global prompts.
             bound = math.sqrt(6.0 / (3 * vision.patch_size**2 + vision.hidden_size))
             if module.global_prompts is not None:
                 nn.init.uniform_(module.global_prompts, -bound, bound)
+            if module.frame_positions is not None:
+                nn.init.zeros_(module.frame_positions.weight)  # starts as the order-blind model
+            if module.temporal_gate is not None:
+                nn.init.zeros_(module.temporal_gate)  # an untrained head leaves STOP's feature unchanged
+        elif isinstance(module, STOPTemporalHead):
+            nn.init.normal_(module.position_embeddings.weight, std=0.02)
         elif isinstance(module, nn.MultiheadAttention):
             module._reset_parameters()
         elif isinstance(module, STOPLinearPromptGenerator):
             module.reset_parameters()
-        elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.PReLU, nn.Embedding)):
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv3d, nn.LayerNorm, nn.PReLU, nn.Embedding)):
             module.reset_parameters()  # PyTorch defaults; the prompt table is N(0, 1) as in the released code
 
 
@@ -404,10 +593,20 @@ class STOPModel(STOPPreTrainedModel):
             self.text_adapters = nn.ModuleList(
                 STOPAdapter(text.hidden_size, config.adapter_dim) for _ in range(text.num_hidden_layers)
             )
+        official = config.variant == "official"
         if config.use_spatial_prompt:
-            self.spatial_prompter = STOPOfficialSpatialPrompter(config)
+            self.spatial_prompter = (STOPOfficialSpatialPrompter if official else STOPPaperSpatialPrompter)(config)
         if config.use_temporal_prompt:
-            self.temporal_prompter = STOPOfficialTemporalPrompter(config)
+            self.temporal_prompter = (STOPOfficialTemporalPrompter if official else STOPPaperTemporalPrompter)(config)
+        self.frame_positions = None
+        if config.frame_position_embeddings and config.use_dgl_prompts:
+            self.frame_positions = nn.Embedding(config.max_frames, vision.hidden_size)
+        self.temporal_head = STOPTemporalHead(config) if config.temporal_head == "seqTransf" else None
+        self.temporal_gate = None
+        if self.temporal_head is not None and config.use_dgl_prompts:
+            self.temporal_gate = nn.Parameter(torch.zeros(()))
+        # The released code lets padded frames take part in attention; the paper variant masks them out.
+        self.mask_padded_frames = not official
         self.post_init()
 
     @classmethod
@@ -471,35 +670,77 @@ class STOPModel(STOPPreTrainedModel):
         b, t = pixel_values.shape[:2]
         if video_mask is None:
             video_mask = torch.ones(b, t, dtype=torch.long, device=pixel_values.device)
-        vision = self.clip.vision_model
-        if self.prompt_generator is None:  # frozen CLIP, mean pooling over valid frames
-            frames = self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.view(b, t, -1)
-            frames = F.normalize(frames, dim=-1)
-            weights = video_mask.to(frames.dtype).unsqueeze(-1)
-            return STOPVideoEncoding(video_features=(frames * weights).sum(1) / weights.sum(1).clamp_min(1.0))
+        if self.prompt_generator is None:  # frozen CLIP per frame, then mean pooling or the temporal head
+            return STOPVideoEncoding(video_features=self.pool_frame_features(self.get_frame_features(pixel_values), video_mask))
 
-        spatial_mask = frame_weights = None
-        if self.spatial_prompter is not None:
-            pixel_values, spatial_mask = self.spatial_prompter(pixel_values)
+        vision = self.clip.vision_model
+        spatial = self.spatial_prompter
+        spatial_mask = None
+        if spatial is not None and spatial.stage == "pixels":
+            pixel_values, spatial_mask = spatial(pixel_values)
         tokens = vision.pre_layrnorm(vision.embeddings(pixel_values.flatten(0, 1)))
         tokens = tokens.view(b, t, *tokens.shape[1:])  # [B, T, 1 + N, D]
+        if spatial is not None and spatial.stage == "tokens":
+            with torch.no_grad():
+                attention = cls_patch_attention(vision.encoder.layers[0], tokens)
+            tokens, spatial_mask = spatial(tokens, attention, video_mask)
+
         _, local = self._prompts(t)  # [L, T, P, D]
         local = local.to(tokens.dtype).unsqueeze(1).expand(-1, b, -1, -1, -1)  # [L, B, T, P, D]
+        if self.frame_positions is not None:
+            local = local + self.frame_positions.weight[:t, None].to(tokens.dtype)
+        temporal = STOPTemporalPrompts()
         if self.temporal_prompter is not None:
-            temporal, frame_weights = self.temporal_prompter(tokens, spatial_mask)
-            local = local + temporal.to(tokens.dtype)
+            temporal = self.temporal_prompter(tokens, spatial_mask, video_mask)
+            if temporal.local_offset is not None:
+                local = local + temporal.local_offset.to(tokens.dtype)
 
         num_local = self.config.num_local_prompts
         global_tokens = self.global_prompts.to(tokens.dtype).expand(b, -1, -1)
         frame_tokens = torch.cat([tokens[:, :, :1], local[0], tokens[:, :, 1:]], dim=2)
+        frame_valid = None
+        if self.mask_padded_frames:
+            frame_valid = video_mask.bool().unsqueeze(-1).expand(-1, -1, frame_tokens.shape[2])
+        if temporal.inserted is not None:  # prompt tokens inserted after each frame, carried through all layers
+            frame_tokens = torch.cat([frame_tokens, temporal.inserted.to(tokens.dtype)], dim=2)
+            frame_valid = torch.cat([frame_valid, temporal.inserted_mask], dim=2)
         for i, layer in enumerate(vision.encoder.layers):
-            if i > 0:
+            if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
                 frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
             global_tokens, frame_tokens = global_local_block(
-                layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens
+                layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid
             )
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
-        return STOPVideoEncoding(video_features=features, spatial_mask=spatial_mask, frame_weights=frame_weights)
+        if self.temporal_head is not None:
+            frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+            features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
+        return STOPVideoEncoding(
+            video_features=features,
+            spatial_mask=spatial_mask,
+            frame_weights=temporal.frame_weights,
+            frame_variation=temporal.frame_variation,
+            inserted_tokens=temporal.inserted_tokens,
+        )
+
+    @property
+    def uses_frozen_frame_features(self) -> bool:
+        """True when every trainable module sits after the frozen per-frame CLIP features, so training may cache
+        `get_frame_features` once per video and train on `pool_frame_features` alone."""
+        return self.prompt_generator is None
+
+    def get_frame_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP image features of every frame, projected and unnormalised: [B, T, E]."""
+        b, t = pixel_values.shape[:2]
+        return self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.view(b, t, -1)
+
+    def pool_frame_features(self, frame_features: torch.Tensor, video_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Video features from per-frame features [B, T, E]: the temporal head, or the mean of the normalised frame
+        features over valid frames (CLIP4Clip meanP)."""
+        if video_mask is None:
+            video_mask = torch.ones(frame_features.shape[:2], dtype=torch.long, device=frame_features.device)
+        if self.temporal_head is not None:
+            return self.temporal_head(frame_features, video_mask)
+        return masked_mean(F.normalize(frame_features, dim=-1), video_mask)
 
     def get_video_features(self, pixel_values: torch.Tensor, video_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Projected, unnormalised video features [B, E]."""
@@ -541,6 +782,8 @@ class STOPModel(STOPPreTrainedModel):
             video_embeds=video_embeds,
             spatial_mask=encoding.spatial_mask,
             frame_weights=encoding.frame_weights,
+            frame_variation=encoding.frame_variation,
+            inserted_tokens=encoding.inserted_tokens,
         )
 
 

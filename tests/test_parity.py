@@ -121,3 +121,17 @@ def test_gradients_match_official_per_tensor_and_per_group(fixture):
         if key[len("clip.") :] in ZERO_GRAD:
             continue
         assert abs(grad(key).norm().item() - ref) <= 5e-2 * ref, key
+
+
+def test_untrained_temporal_head_and_frame_positions_keep_parity(official_fixture_dir, fixture):
+    _, io, meta = fixture
+    model = convert(
+        official_fixture_dir / "state.safetensors",
+        max_words=meta["dims"]["max_words"],
+        temporal_head="seqTransf",
+        frame_position_embeddings=True,
+    ).eval()
+    assert model.temporal_head is not None and model.temporal_gate.item() == 0.0
+    with torch.no_grad():
+        out = model(**_inputs(io))
+    torch.testing.assert_close(out.logits_per_text, io["outputs/sim_matrix"], atol=1e-4, rtol=0)
