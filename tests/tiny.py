@@ -5,13 +5,15 @@ from transformers import CLIPConfig, CLIPModel
 from modeling_stop import STOPConfig, STOPModel
 
 
-def tiny_clip_config(image_size=32, patch_size=8, vision_layers=2, text_layers=2, width=64, text_width=32, vocab=100):
+def tiny_clip_config(
+    image_size=32, patch_size=8, vision_layers=2, text_layers=2, width=64, text_width=32, vocab=100, heads=2, text_heads=2
+):
     return CLIPConfig(
         text_config=dict(
             hidden_size=text_width,
             intermediate_size=2 * text_width,
             num_hidden_layers=text_layers,
-            num_attention_heads=2,
+            num_attention_heads=text_heads,
             vocab_size=vocab,
             max_position_embeddings=40,
             bos_token_id=vocab - 2,
@@ -22,7 +24,7 @@ def tiny_clip_config(image_size=32, patch_size=8, vision_layers=2, text_layers=2
             hidden_size=width,
             intermediate_size=2 * width,
             num_hidden_layers=vision_layers,
-            num_attention_heads=2,
+            num_attention_heads=heads,
             image_size=image_size,
             patch_size=patch_size,
         ),
