@@ -568,6 +568,9 @@ class STOPModel(STOPPreTrainedModel):
     ```
     """
 
+    # A classification folder also stores its class text embeddings; loading it as a plain STOPModel ignores them.
+    _keys_to_ignore_on_load_unexpected = [r"class_embeds"]
+
     def __init__(self, config: STOPConfig):
         super().__init__(config)
         self.clip = CLIPModel._from_config(config.to_clip_config())
