@@ -9,13 +9,20 @@ export HF_DATASETS_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps test quickstart benchmark demo clean
+.PHONY: setup system-deps test-system-deps test quickstart benchmark demo clean
 
+# System packages through apt when we are root (CI, containers); otherwise a warning and the fallbacks.
+APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null); \
+	  else echo "warning: $(1) missing and not root: $(2)"; fi
+
+# FFmpeg's shared libraries for torchcodec (PyAV bundles its own and is the fallback).
 system-deps:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
-	  else echo "warning: no ffmpeg (torchcodec disabled, PyAV fallback is used)"; fi; }
+	@command -v ffmpeg >/dev/null 2>&1 || { $(call APT_INSTALL,ffmpeg,torchcodec disabled - PyAV is used); }
+
+# Chromium for the demo's page test (skipped without it).
+test-system-deps: system-deps
+	@command -v chromium >/dev/null 2>&1 || { $(call APT_INSTALL,chromium,the demo screenshot test is skipped); }
 
 $(VENV)/.installed: pyproject.toml
 	$(MAKE) system-deps
@@ -30,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
+test: setup test-system-deps .cache/sample_videos/.done
 	$(PY) -m pytest tests
 
 clean:
