@@ -4,7 +4,7 @@ import os
 from typing import TypedDict
 
 import torch
-from transformers import AutoTokenizer, BatchFeature, PretrainedConfig
+from transformers import AutoTokenizer, BatchFeature, CLIPTokenizer, PretrainedConfig
 from transformers.processing_utils import ProcessorMixin
 from transformers.video_processing_utils import VideoProcessorMixin
 
@@ -222,9 +222,10 @@ class STOPProcessor(ProcessorMixin):
             video_processor = STOPVideoProcessor.from_pretrained(
                 pretrained_model_name_or_path, subfolder=subfolder, **kwargs
             )
-        tokenizer = cls._load_tokenizer_from_pretrained(
-            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
+        # A CLIP tokenizer, read directly: resolving it through AutoTokenizer would consult the folder's STOP
+        # config.json and ask for trust_remote_code just to find the tokenizer.
+        kwargs.pop("trust_remote_code", None)
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         return [video_processor, tokenizer]
 
     @classmethod
