@@ -1,0 +1,321 @@
+"""Video-text datasets for STOP: loading, per-sample decoding in DataLoader workers, batching.
+
+`load_video_text_dataset` opens a Hub dataset or a local folder (a `videofolder` with `metadata.jsonl`, or CSV /
+JSON lines files whose video column holds paths) and checks the columns the task needs. Videos are kept as
+paths or bytes (`Video(decode=False)`) and decoded by `VideoTextDataset.__getitem__` with `read_video_frames`,
+so decoding runs in the DataLoader's worker processes and a file that fails to decode is caught per sample: the
+item comes back as `{"index", "error"}`, `collate_video_text` moves it to `batch["failed"]`, and training goes on.
+
+Captions may be one string or a list of strings per video. In training each video shows one caption per epoch,
+drawn from (seed, epoch, index); evaluation uses every caption as a query (`VideoTextDataset.captions`). Frame
+sampling is drawn from the same (seed, epoch, index) stream, so an epoch's batches are a pure function of the
+seed and the epoch: a resumed run sees exactly the samples an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, DatasetDict, Video, load_dataset
+from torch.utils.data import DataLoader, Sampler
+
+from modeling_stop.video_io import VideoDecodeError
+
+# Canonical split names and the names datasets use for them.
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+_TABLE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def _local_builder(path: Path) -> tuple[str, dict]:
+    """`(builder name, load_dataset kwargs)` for a local folder or file."""
+    if path.is_file():
+        if path.suffix not in _TABLE_BUILDERS:
+            raise ValueError(f"--dataset_name {path}: expected a folder, a .csv or a .json/.jsonl file")
+        return _TABLE_BUILDERS[path.suffix], {"data_files": {"train": str(path)}}
+    if any(next(path.glob(pattern + name), None) for name in _METADATA_FILES for pattern in ("", "*/")):
+        return "videofolder", {"data_dir": str(path)}
+    for suffix, builder in _TABLE_BUILDERS.items():
+        files = sorted(path.glob(f"*{suffix}"))
+        if files:
+            return builder, {"data_files": {f.stem: str(f) for f in files}}
+    raise ValueError(
+        f"--dataset_name {path}: found no metadata.jsonl (videofolder) and no .csv / .json / .jsonl split files "
+        "(train.csv, validation.csv, test.csv) in it"
+    )
+
+
+def _resolve_path(value, base_dir: Path):
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        return str(base_dir / value)
+    return value
+
+
+def load_video_text_dataset(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    video_column: str = "video",
+    caption_column: str | None = "caption",
+    label_column: str | None = None,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+) -> DatasetDict:
+    """
+    Load a video-text dataset as a `DatasetDict` with splits named `train` / `validation` / `test` (those present).
+
+    `dataset_name` is a Hub dataset id or a local folder / file. The video column becomes `Video(decode=False)`
+    (`{"path", "bytes"}`), or stays a column of paths (CSV / JSON; relative paths are resolved against the
+    folder of the data files). `caption_column` and `label_column` (each `None` when the task does not need
+    it) must exist in every split, else a `ValueError` names the column, the split and the columns there are.
+    """
+    path = Path(dataset_name)
+    base_dir = None
+    if path.exists():
+        builder, kwargs = _local_builder(path)
+        base_dir = (path.parent if path.is_file() else path).resolve()
+        raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
+    else:
+        raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+
+    splits = {}
+    for canonical, aliases in SPLIT_ALIASES.items():
+        found = next((name for name in aliases if name in raw), None)
+        if found is not None:
+            splits[canonical] = raw[found]
+    if "train" not in splits and "test" not in splits:
+        raise ValueError(f"{dataset_name} has no train or test split (splits: {list(raw)})")
+
+    required = {"--video_column": video_column, "--caption_column": caption_column, "--label_column": label_column}
+    for split, ds in splits.items():
+        for flag, column in required.items():
+            if column is not None and column not in ds.column_names:
+                raise ValueError(
+                    f"Column {column!r} not found in the {split} split of {dataset_name}; its columns are "
+                    f"{ds.column_names}. Pass {flag} with one of them."
+                )
+        feature = ds.features[video_column]
+        if isinstance(feature, Video):
+            ds = ds.cast_column(video_column, Video(decode=False))
+        elif base_dir is not None and getattr(feature, "dtype", None) in ("string", "large_string"):
+            ds = ds.map(
+                lambda value: {video_column: _resolve_path(value, base_dir)},
+                input_columns=video_column,
+                num_proc=num_proc,
+                desc=f"Resolving video paths ({split})",
+            )
+        splits[split] = ds
+    return DatasetDict(splits)
+
+
+def class_names(dataset: DatasetDict, label_column: str) -> list[str]:
+    """Class names: a `ClassLabel`'s names, else the sorted distinct values (as strings) over all splits."""
+    split = next(iter(dataset.values()))
+    feature = split.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = set()
+    for ds in dataset.values():
+        values.update(str(v) for v in ds.unique(label_column))
+    return sorted(values)
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class VideoTextDataset(torch.utils.data.Dataset):
+    """
+    One item per video of a split of `load_video_text_dataset`: `pixel_values` `[T, 3, S, S]` and `video_mask`
+    `[T]` from the `video_processor` (the processor used at inference), plus the caption (training: one drawn
+    per epoch; evaluation: none, see `captions`) and the label.
+
+    Args:
+        dataset: a `datasets.Dataset` split.
+        video_processor: a `STOPVideoProcessor` (decodes only the frames it needs, resizes, normalises).
+        video_column / caption_column / label_column: column names (`None`: not used).
+        label_names: class names, to map string labels to indices (`ClassLabel` columns are indices already).
+        training: draw a random caption (and, with `sampling="random"`, random frames) per (seed, epoch, index).
+        sampling: frame sampling of `read_video_frames` (`"uniform"` or `"random"`); evaluation is uniform.
+        seed: seed of the per-sample draws.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        video_processor,
+        video_column: str = "video",
+        caption_column: str | None = "caption",
+        label_column: str | None = None,
+        label_names: list[str] | None = None,
+        training: bool = False,
+        sampling: str = "uniform",
+        seed: int = 0,
+    ):
+        self.dataset = dataset
+        self.video_processor = video_processor
+        self.video_column, self.caption_column, self.label_column = video_column, caption_column, label_column
+        self.label_to_id = {name: i for i, name in enumerate(label_names)} if label_names is not None else None
+        self.label_is_index = label_column is not None and isinstance(dataset.features[label_column], ClassLabel)
+        self.training = training
+        self.sampling = sampling if training else "uniform"
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def video_name(self, index: int) -> str:
+        value = self.dataset[index][self.video_column]
+        if isinstance(value, dict):
+            return value.get("path") or f"<bytes of row {index}>"
+        return str(value)
+
+    def captions(self) -> tuple[list[str], list[int]]:
+        """Every caption of the split and the index of its video: `(texts, text_to_video)`."""
+        texts, text_to_video = [], []
+        for index, value in enumerate(self.dataset[self.caption_column]):
+            for caption in [value] if isinstance(value, str) else value:
+                texts.append(caption)
+                text_to_video.append(index)
+        return texts, text_to_video
+
+    def labels(self) -> list[int]:
+        return [self._label(value) for value in self.dataset[self.label_column]]
+
+    def _label(self, value) -> int:
+        if self.label_is_index:
+            return int(value)
+        return self.label_to_id[str(value)]
+
+    def _source(self, value):
+        if isinstance(value, dict):  # Video(decode=False)
+            return value.get("bytes") or value.get("path")
+        return value  # a path, or a decoder / array from a custom dataset
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
+        try:
+            video = self.video_processor(self._source(row[self.video_column]), sampling=self.sampling, generator=generator)
+        except VideoDecodeError as error:
+            return {"index": index, "error": str(error)}
+        item = {"index": index, "pixel_values": video["pixel_values"][0], "video_mask": video["video_mask"][0]}
+        if self.training and self.caption_column is not None:
+            captions = row[self.caption_column]
+            if not isinstance(captions, str):
+                captions = captions[int(torch.randint(len(captions), (1,), generator=generator))]
+            item["caption"] = captions
+        if self.label_column is not None:
+            item["label"] = self._label(row[self.label_column])
+        return item
+
+
+class VideoTextCollator:
+    """Stacks decoded items, tokenises their captions and moves failed items to `batch["failed"]` (messages)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [item for item in items if "error" not in item]
+        batch = {
+            "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
+            "failed": [item["error"] for item in items if "error" in item],
+        }
+        if not good:
+            return batch
+        batch["pixel_values"] = torch.stack([item["pixel_values"] for item in good])
+        batch["video_mask"] = torch.stack([item["video_mask"] for item in good])
+        if "caption" in good[0]:
+            text = self.processor(text=[item["caption"] for item in good], padding="max_length")
+            batch["input_ids"], batch["attention_mask"] = text["input_ids"], text["attention_mask"]
+        if "label" in good[0]:
+            batch["labels"] = torch.tensor([item["label"] for item in good], dtype=torch.long)
+        return batch
+
+
+class EpochSampler(Sampler):
+    """Indices `0..n-1`, shuffled by `seed + epoch` when `shuffle` (the same order on every process and resume)."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0):
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def build_dataloader(
+    dataset: VideoTextDataset,
+    collate_fn,
+    batch_size: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader over `dataset` that decodes in `num_workers` worker processes.
+
+    It has its own `generator`, so iterating it never draws from the global torch RNG (which dropout uses):
+    a run resumed mid-epoch continues the global RNG stream exactly where the checkpoint left it.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def reversed_pair_accuracy(video_text_sim, pair_ids, motions=None) -> dict[str, float]:
+    """
+    Share of videos that score their own caption above the caption of their reversed twin.
+
+    Args:
+        video_text_sim: `[num_videos, num_videos]` scores, `video_text_sim[i, j]` = video `i` against the
+            (first) caption of video `j`.
+        pair_ids: one id per video; a clip and its reversed twin share it (ids held by other than exactly two
+            videos are ignored).
+        motions: optional kind per video (e.g. "slide"); adds `pair_accuracy/<kind>` per kind.
+
+    Returns:
+        `{"pair_accuracy": float in [0, 1], "pair_accuracy/<kind>": ...}` (0.5 = blind to order; ties count as
+        wrong). Empty when no pair is found.
+    """
+    sim = np.asarray(video_text_sim, dtype=np.float64)
+    groups: dict = {}
+    for index, pair in enumerate(pair_ids):
+        groups.setdefault(pair, []).append(index)
+    correct, kinds = [], []
+    for members in groups.values():
+        if len(members) != 2:
+            continue
+        a, b = members
+        correct += [sim[a, a] > sim[a, b], sim[b, b] > sim[b, a]]
+        kinds += [motions[a], motions[b]] if motions is not None else [None, None]
+    if not correct:
+        return {}
+    correct = np.asarray(correct)
+    results = {"pair_accuracy": float(correct.mean())}
+    if motions is not None:
+        for kind in sorted(set(kinds)):
+            results[f"pair_accuracy/{kind}"] = float(correct[[k == kind for k in kinds]].mean())
+    return results

@@ -1,0 +1,787 @@
+"""Train STOP's prompts over a frozen CLIP with Accelerate: text-video retrieval or video classification.
+
+    accelerate launch training/train.py --dataset_name data/synthetic --output_dir runs/stop-synthetic
+
+Reads top to bottom like the transformers `*_no_trainer.py` examples: arguments, Accelerator, data, model,
+optimizer and schedule, `accelerator.prepare`, the training loop, checkpointing, evaluation, `push_to_hub`.
+
+- `--task retrieval`: symmetric InfoNCE over the text-video pairs of the GLOBAL batch (embeddings are gathered
+  across processes with their gradient, so 2 processes x batch n compute the loss of 1 process x batch 2n).
+- `--task classification`: the class names through `--label_template` are the texts; cross-entropy over
+  `logit_scale * video_embeds @ class_text_embeds.T`. The untrained model is evaluated zero-shot first.
+
+The model is selected on the validation split (R@1 text-to-video / top-1 accuracy, each epoch) and evaluated once
+on the test split. The best model, its processor, a model card, `all_results.json`, `metrics.jsonl` and
+`training_curves.png` end up at the root of `--output_dir`; checkpoints (`save_state`: model, optimizer, scheduler,
+RNG, data position) in `--output_dir/checkpoints/{step_N,epoch_N}`. A run killed at any point and resumed with
+`--resume_from_checkpoint latest` ends with the same weights as an uninterrupted run.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# On a busy shared CPU, OpenMP threads that spin while waiting make a step several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+if __package__ in (None, ""):  # run as a script: accelerate launch training/train.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import evaluate  # noqa: E402
+import transformers  # noqa: E402
+from accelerate import Accelerator, DistributedDataParallelKwargs  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
+from accelerate.utils import gather_object, set_seed  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import PretrainedConfig, get_scheduler  # noqa: E402
+
+from modeling_stop import STOPConfig, STOPModel  # noqa: E402
+from modeling_stop.modeling_stop import contrastive_loss  # noqa: E402
+from modeling_stop.processing_stop import STOPProcessor  # noqa: E402
+from training.data import (  # noqa: E402
+    VideoTextCollator,
+    VideoTextDataset,
+    build_dataloader,
+    class_names,
+    load_video_text_dataset,
+    reversed_pair_accuracy,
+)
+from training.synthetic import DEFAULT_CLIP  # noqa: E402
+
+logger = get_logger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRICS_DIR = REPO_ROOT / "benchmarks" / "metrics"
+# The validation metric each task selects its model on.
+SELECTION_METRIC = {"retrieval": "t2v_R@1", "classification": "top1_accuracy"}
+STATE_FILE = "training_state.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Data
+    parser.add_argument("--dataset_name", required=True, help="Hub dataset id, or a local videofolder / CSV / JSON folder")
+    parser.add_argument("--dataset_config_name", default=None)
+    parser.add_argument("--video_column", default="video")
+    parser.add_argument("--caption_column", default="caption", help="a string or a list of strings per video")
+    parser.add_argument("--label_column", default="label", help="ClassLabel or string labels (classification)")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the train split (debugging)")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="truncate validation and test")
+    parser.add_argument("--frame_sampling", choices=["uniform", "random"], default="uniform",
+                        help="training frames: segment centres, or a random frame per segment (evaluation: uniform)")
+    parser.add_argument("--preprocessing_num_workers", type=int, default=None,
+                        help="processes resolving the video paths of CSV / JSON datasets")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader processes decoding videos")
+    # Task
+    parser.add_argument("--task", choices=["retrieval", "classification"], default="retrieval")
+    parser.add_argument("--label_template", default="a video of {label}", help="class name -> text (classification)")
+    # Model
+    parser.add_argument("--model_name_or_path", default=str(DEFAULT_CLIP),
+                        help="a STOP checkpoint, or a CLIP checkpoint to start a new STOP model from "
+                             "(default: the embedded synthetic backbone)")
+    parser.add_argument("--variant", choices=["official", "paper"], default=None, help="new models: STOP variant")
+    parser.add_argument("--prompt_generator", choices=["transformer", "linear"], default=None)
+    parser.add_argument("--num_frames", type=int, default=None, help="new models: frames per video (default 8)")
+    parser.add_argument("--max_words", type=int, default=None, help="new models: tokens per caption (default 32)")
+    parser.add_argument("--frame_weight_norm", choices=["batch", "video"], default=None)
+    parser.add_argument("--mask_layout", choices=["official", "patch"], default=None)
+    parser.add_argument("--stop_config_overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="any STOPConfig field of a new model, e.g. prompter_dropout=0.0 temporal_head=seqTransf")
+    # Optimisation
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=32)
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    parser.add_argument("--num_train_epochs", type=int, default=3)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--lr_scheduler_type", default="cosine",
+                        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                 "constant_with_warmup"])
+    parser.add_argument("--num_warmup_steps", type=int, default=None, help="default: 10%% of the steps")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                        help="default: what `accelerate launch` / `accelerate config` set")
+    parser.add_argument("--seed", type=int, default=42)
+    # Output, checkpoints, logging
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--checkpointing_steps", default=None, help="N (every N optimizer steps) or 'epoch'")
+    parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--logging_steps", type=int, default=10, help="write the train loss every N steps")
+    parser.add_argument("--with_tracking", action="store_true", help="also log through Accelerate's trackers")
+    parser.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, ... or all")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None)
+    args = parser.parse_args(argv)
+
+    if args.checkpointing_steps not in (None, "epoch") and not args.checkpointing_steps.isdigit():
+        parser.error(f"--checkpointing_steps must be a number of steps or 'epoch', got {args.checkpointing_steps!r}")
+    for item in args.stop_config_overrides:
+        if "=" not in item:
+            parser.error(f"--stop_config_overrides takes KEY=VALUE items, got {item!r}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model and processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _parse_override(key: str, text: str):
+    """A STOPConfig value from the command line, typed like the field's default."""
+    defaults = STOPConfig().to_dict()
+    if key not in defaults:
+        raise ValueError(f"--stop_config_overrides: {key!r} is not a STOPConfig field")
+    default = defaults[key]
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--stop_config_overrides {key}={text}: expected true or false")
+        return text.lower() in ("true", "1")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, (list, tuple)):
+        return [int(v) for v in text.split(",")]
+    if default is None:
+        return None if text.lower() == "none" else int(text) if text.isdigit() else text
+    return text
+
+
+def stop_options(args) -> dict:
+    """STOPConfig keyword arguments of a new model: the recipe defaults, the flags, then the overrides."""
+    options = {"num_frames": 8, "max_words": 32}
+    for name in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm", "mask_layout"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    for item in args.stop_config_overrides:
+        key, value = item.split("=", 1)
+        options[key] = _parse_override(key, value)
+    return options
+
+
+def load_model_and_processor(args):
+    """A STOP checkpoint as it is, or a new STOP model over a CLIP checkpoint (frozen) and its processor."""
+    config_dict, _ = PretrainedConfig.get_config_dict(args.model_name_or_path)
+    if config_dict.get("model_type") == "stop":
+        new_options = [n for n in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm",
+                                   "mask_layout") if getattr(args, n) is not None] + args.stop_config_overrides
+        if new_options:
+            logger.warning(f"{args.model_name_or_path} is a STOP checkpoint: ignoring {new_options} (new models only)")
+        model = STOPModel.from_pretrained(args.model_name_or_path)
+        processor = STOPProcessor.from_pretrained(args.model_name_or_path)
+        return model, processor
+    options = stop_options(args)
+    model = STOPModel.from_clip(args.model_name_or_path, **options)
+    processor = STOPProcessor.from_clip(
+        args.model_name_or_path, num_frames=model.config.num_frames, max_words=model.config.max_words
+    )
+    return model, processor
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: no weight decay on biases, norms, PReLU slopes and prompt embeddings."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_embedding = isinstance(module, nn.Embedding) or "prompt" in name or "position" in name
+            if param.ndim < 2 or isinstance(module, (nn.LayerNorm, nn.PReLU)) or is_embedding:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gather_with_grad(tensor: torch.Tensor, num_processes: int) -> torch.Tensor:
+    """All processes' rows (in rank order), differentiable. Batches may differ in size (skipped samples)."""
+    if num_processes == 1:
+        return tensor
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_nn
+
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(num_processes)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = F.pad(tensor, (0, 0, 0, max(sizes) - tensor.shape[0]))
+    # Backward sums the gradient of every process's (identical) loss: with DDP's average, the global-batch gradient.
+    gathered = dist_nn.all_gather(padded)
+    return torch.cat([part[:n] for part, n in zip(gathered, sizes)])
+
+
+def retrieval_loss(outputs, logit_scale: torch.Tensor, num_processes: int) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch of (caption, video) pairs."""
+    text = gather_with_grad(outputs.text_embeds.float(), num_processes)
+    video = gather_with_grad(outputs.video_embeds.float(), num_processes)
+    return contrastive_loss(logit_scale.exp() * text @ video.t())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_metric(name: str):
+    """An `evaluate` module of this repository's `benchmarks/metrics/`, by path (works offline)."""
+    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+
+
+@torch.no_grad()
+def embed_videos(model: STOPModel, dataloader, accelerator=None) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+    """`(indices, normalised video embeddings [N, E], failure messages)` over a (possibly sharded) DataLoader.
+
+    Every video is embedded once; with several processes the shards are gathered and deduplicated.
+    """
+    model.eval()
+    indices, embeds, failed = [], [], []
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    for batch in dataloader:
+        failed += batch["failed"]
+        if len(batch["indices"]) == 0:
+            continue
+        with autocast():
+            features = model.get_video_features(batch["pixel_values"], batch["video_mask"])
+        indices += batch["indices"].tolist()
+        embeds += list(F.normalize(features.float(), dim=-1).cpu())
+    if accelerator is not None and accelerator.num_processes > 1:
+        indices, embeds, failed = gather_object(indices), gather_object(embeds), gather_object(failed)
+        failed = sorted(set(failed))
+    unique = {}
+    for index, embed in zip(indices, embeds):  # even batches repeat samples at the end of the last shard
+        unique.setdefault(index, embed)
+    order = sorted(unique)
+    video_embeds = torch.stack([unique[i] for i in order]) if order else torch.empty(0)
+    return np.asarray(order, dtype=np.int64), video_embeds, failed
+
+
+@torch.no_grad()
+def embed_texts(model: STOPModel, processor, texts: list[str], batch_size: int = 256, accelerator=None) -> torch.Tensor:
+    """Normalised text embeddings `[len(texts), E]`, each text once."""
+    model.eval()
+    device = next(model.parameters()).device
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    out = []
+    for start in range(0, len(texts), batch_size):
+        inputs = processor(text=texts[start : start + batch_size], padding="max_length").to(device)
+        with autocast():
+            features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        out.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+def evaluate_retrieval(model, processor, dataset: VideoTextDataset, dataloader, metric, accelerator=None) -> dict:
+    """T2V / V2T R@1/5/10, MdR, MnR (percent, ranks) with every caption as a query, plus the reversed-pair accuracy
+    (`pair_accuracy`, per `motion` kind too) when the split has a `pair_id` column. Videos that fail to decode are
+    left out with their captions (`num_failed`)."""
+    indices, video_embeds, failed = embed_videos(model, dataloader, accelerator)
+    texts, text_to_video = dataset.captions()
+    position = {int(index): i for i, index in enumerate(indices)}
+    keep = [t for t, v in enumerate(text_to_video) if v in position]
+    text_embeds = embed_texts(model, processor, [texts[t] for t in keep], accelerator=accelerator)
+    targets = [position[text_to_video[t]] for t in keep]
+    sim = (text_embeds @ video_embeds.t()).numpy()  # [texts, videos]
+    results = metric.compute(predictions=sim, references=targets)
+    columns = dataset.dataset.column_names
+    if "pair_id" in columns:
+        first_caption = {}
+        for row, video in enumerate(targets):
+            first_caption.setdefault(video, row)
+        own = [first_caption[i] for i in range(len(indices))]
+        video_text_sim = sim[own].T  # [videos, first caption of each video]
+        pair_ids = [dataset.dataset[int(i)]["pair_id"] for i in indices]
+        motions = [dataset.dataset[int(i)]["motion"] for i in indices] if "motion" in columns else None
+        results.update(reversed_pair_accuracy(video_text_sim, pair_ids, motions))
+    results["num_failed"] = len(failed)
+    return results
+
+
+def evaluate_classification(model, processor, dataset, dataloader, metric, class_texts, accelerator=None) -> dict:
+    """Top-1/top-5 and mean per-class accuracy (percent) of `argmax(video_embeds @ class_text_embeds.T)`."""
+    indices, video_embeds, failed = embed_videos(model, dataloader, accelerator)
+    class_embeds = embed_texts(model, processor, class_texts, accelerator=accelerator)
+    labels = dataset.labels()
+    scores = (video_embeds @ class_embeds.t()).numpy()
+    results = metric.compute(predictions=scores, references=[labels[i] for i in indices])
+    results.pop("per_class_accuracy")
+    results["num_failed"] = len(failed)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs: metrics log, curves, model card, checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line (train steps, evaluations), written by the main process."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, completed_steps: int, completed_epochs: int):
+        """On resume: drop what the interrupted run logged after its checkpoint (train steps after it, epoch records
+        of epochs it had not finished, the final test)."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.records() if (r["split"] == "train" and r["step"] <= completed_steps)
+                or (r["split"] in ("validation", "skipped") and r["epoch"] <= completed_epochs)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_training_curves(records: list[dict], path: Path, selection_metric: str):
+    """`training_curves.png`: train loss per epoch (mean over logged steps) and validation metrics per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "validation"]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = sorted({r["epoch"] for r in train})
+    ax_loss.plot(epochs, [np.mean([r["loss"] for r in train if r["epoch"] == e]) for e in epochs], "o-")
+    ax_loss.set(xlabel="epoch", ylabel="train loss (mean)", title="training loss")
+    keys = [selection_metric] + [k for k in ("v2t_R@1", "t2v_R@5", "top5_accuracy", "mean_class_accuracy")
+                                 if val and k in val[0] and k != selection_metric]
+    for key in keys:
+        ax_val.plot([r["epoch"] for r in val], [r[key] for r in val], "o-", label=key)
+    if val and "pair_accuracy" in val[0]:
+        ax_val.plot([r["epoch"] for r in val], [100 * r["pair_accuracy"] for r in val], "o--", label="pair acc x100")
+    ax_val.set(xlabel="epoch (0 = before training)", ylabel="percent", title="validation")
+    ax_val.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_model_card(output_dir, model_name: str, base_model: str | None, dataset_name: str, task: str,
+                     test_results: dict | None, config: STOPConfig, hyperparameters: dict | None = None):
+    """`README.md` with YAML metadata (library, pipeline tag, tags, datasets, base model) and a `model-index` of the
+    test metrics (huggingface_hub `ModelCardData` / `EvalResult`)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset_id = Path(dataset_name).name if Path(dataset_name).exists() else dataset_name
+    task_type = "text-to-video" if task == "retrieval" else "video-classification"
+    eval_results = [
+        EvalResult(task_type=task_type, dataset_type=dataset_id, dataset_name=dataset_id, dataset_split="test",
+                   metric_type=key, metric_name=key, metric_value=float(value))
+        for key, value in (test_results or {}).items()
+        if isinstance(value, (int, float)) and key != "num_failed"
+    ]
+    tags = ["stop", "video", "clip", "prompt-tuning", "video-text-retrieval" if task == "retrieval" else
+            "video-classification"]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="feature-extraction" if task == "retrieval" else "video-classification",
+        tags=tags,
+        datasets=[dataset_id],
+        base_model=base_model if base_model and not Path(base_model).exists() else None,
+        license="apache-2.0",
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    lines = [f"| {key} | {value:.2f} |" for key, value in (test_results or {}).items() if isinstance(value, float)]
+    hparams = "\n".join(f"- {k}: {v}" for k, v in (hyperparameters or {}).items())
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {model_name}
+
+STOP (spatial-temporal dynamic prompting, CVPR 2025) over a frozen CLIP (`{base_model}`), trained for
+{"text-video retrieval" if task == "retrieval" else "video classification"} on `{dataset_id}`. Only the prompt
+modules are trained ({config.variant} variant, {config.num_frames} frames, {config.image_size} px).
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{model_name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)
+inputs = processor(text=["a red circle moving left"], videos=["clip.mp4"], padding="max_length")
+outputs = model(**inputs)  # outputs.logits_per_text [texts, videos]
+```
+
+## Test results
+
+| metric | value |
+|---|---|
+{chr(10).join(lines)}
+
+## Training hyperparameters
+
+{hparams}
+"""
+    card = ModelCard(content)
+    card.save(Path(output_dir) / "README.md")
+    return card
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint with the most optimizer steps (temporary folders of interrupted saves are ignored)."""
+    best, best_step = None, -1
+    for folder in checkpoints_dir.glob("*"):
+        state = folder / STATE_FILE
+        if folder.name.startswith(".") or not state.exists():
+            continue
+        step = json.loads(state.read_text())["completed_steps"]
+        if step >= best_step:
+            best, best_step = folder, step
+    return best
+
+
+def save_checkpoint(accelerator, checkpoints_dir: Path, name: str, state: dict):
+    """`accelerator.save_state` into a temporary folder, then an atomic rename: a save that dies half-way never
+    touches the last good checkpoint."""
+    final = checkpoints_dir / name
+    tmp = checkpoints_dir / f".tmp-{name}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if final.exists():  # re-saved after a resume: the old copy goes only once the new one is complete
+            old = checkpoints_dir / f".old-{name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def save_model(model: STOPModel, processor, directory: Path):
+    """`save_pretrained` of model and processor into a temporary folder, then swapped in atomically."""
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+
+    accelerator_kwargs = {"log_with": args.report_to, "project_dir": str(output_dir)} if args.with_tracking else {}
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        # Some prompt weights get no gradient by design (the official region scorer behind a hard top-k).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **accelerator_kwargs,
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------------------ data
+    is_classification = args.task == "classification"
+    with accelerator.main_process_first():
+        raw = load_video_text_dataset(
+            args.dataset_name,
+            args.dataset_config_name,
+            video_column=args.video_column,
+            caption_column=None if is_classification else args.caption_column,
+            label_column=args.label_column if is_classification else None,
+            num_proc=args.preprocessing_num_workers,
+        )
+    if "train" not in raw:
+        raise ValueError(f"{args.dataset_name} has no train split (splits: {list(raw)})")
+    if args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+    for split in ("validation", "test"):
+        if split in raw and args.max_eval_samples is not None:
+            raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+    labels = class_names(raw, args.label_column) if is_classification else None
+    class_texts = [args.label_template.format(label=name) for name in labels] if is_classification else None
+
+    # ------------------------------------------------------------------------------------------------ model
+    model, processor = load_model_and_processor(args)
+    columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
+                   label_column=args.label_column if is_classification else None, label_names=labels)
+    eval_columns = dict(columns, caption_column=None if is_classification else args.caption_column)
+    train_dataset = VideoTextDataset(raw["train"], processor.video_processor, training=True,
+                                     sampling=args.frame_sampling, seed=args.seed, **columns)
+    eval_datasets = {split: VideoTextDataset(raw[split], processor.video_processor, **eval_columns)
+                     for split in ("validation", "test") if split in raw}
+    collator = VideoTextCollator(processor)
+    train_dataloader = build_dataloader(train_dataset, collator, args.per_device_train_batch_size, shuffle=True,
+                                        drop_last=True, seed=args.seed, num_workers=args.dataloader_num_workers)
+    eval_dataloaders = {split: build_dataloader(ds, collator, args.per_device_eval_batch_size,
+                                                num_workers=args.dataloader_num_workers)
+                        for split, ds in eval_datasets.items()}
+    if len(train_dataloader) < accelerator.num_processes:
+        raise ValueError(
+            f"The train split ({len(train_dataset)} videos) holds fewer than one batch of "
+            f"{args.per_device_train_batch_size} per process: lower --per_device_train_batch_size"
+        )
+
+    # ------------------------------------------------------------------------------------ optimizer and schedule
+    groups = optimizer_groups(model, args.weight_decay)
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9)
+    # As in the examples: the schedule is computed on the sharded loader after `prepare` (below).
+    num_update_steps_per_epoch = math.ceil(
+        len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
+    )
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
+    num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else args.max_train_steps // 10
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=num_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
+    eval_dataloaders = {split: accelerator.prepare(dl) for split, dl in eval_dataloaders.items()}
+    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+    unwrapped = accelerator.unwrap_model(model)
+
+    if args.with_tracking:
+        accelerator.init_trackers("stop", {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                           for k, v in vars(args).items()})
+    metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
+    metric = load_metric("video_text_retrieval" if args.task == "retrieval" else "video_classification")
+    selection_metric = SELECTION_METRIC[args.task]
+
+    def run_evaluation(split: str) -> dict:
+        dataset, dataloader = eval_datasets[split], eval_dataloaders[split]
+        if is_classification:
+            return evaluate_classification(unwrapped, processor, dataset, dataloader, metric, class_texts, accelerator)
+        return evaluate_retrieval(unwrapped, processor, dataset, dataloader, metric, accelerator)
+
+    # ------------------------------------------------------------------------------------------------ resume
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_epoch": None,
+             "skipped": {}, "elapsed": 0.0}
+    if args.resume_from_checkpoint:
+        checkpoint = (latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest"
+                      else Path(args.resume_from_checkpoint))
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
+        accelerator.print(f"Resumed from checkpoint: {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        metrics_log.truncate(state["completed_steps"], state["epoch"])
+    else:  # a fresh run: nothing of an earlier run in this folder counts
+        metrics_log.truncate(-1, -1)
+        if accelerator.is_main_process and (checkpoints_dir / "best").exists():
+            shutil.rmtree(checkpoints_dir / "best")
+        accelerator.wait_for_everyone()
+
+    logger.info("***** Running training *****")
+    logger.info(f"  Num examples = {len(train_dataset)}")
+    logger.info(f"  Num Epochs = {args.num_train_epochs}")
+    logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size}")
+    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
+    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {args.max_train_steps}")
+    logger.info(f"  Trainable parameters = {sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}")
+    progress_bar = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
+    progress_bar.update(state["completed_steps"])
+    completed_steps = state["completed_steps"]
+    start_time = time.time() - state["elapsed"]
+
+    def checkpoint_state(epoch, batches_in_epoch):
+        return dict(state, completed_steps=completed_steps, epoch=epoch, batches_in_epoch=batches_in_epoch,
+                    elapsed=time.time() - start_time)
+
+    def validate(epoch: int):
+        """Validation metrics of `epoch` (0 = before training); keeps the best model in checkpoints/best."""
+        if "validation" not in eval_datasets:
+            return
+        results = run_evaluation("validation")
+        record = {"split": "validation", "epoch": epoch, "step": completed_steps, **results,
+                  "time": round(time.time() - start_time, 2)}
+        metrics_log.write(record)
+        if args.with_tracking:
+            accelerator.log({f"val_{k}": v for k, v in results.items()}, step=completed_steps)
+        accelerator.print(f"epoch {epoch} validation: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float)))
+        if epoch > 0 and (state["best_metric"] is None or results[selection_metric] > state["best_metric"]):
+            state["best_metric"], state["best_epoch"] = results[selection_metric], epoch
+            if accelerator.is_main_process:
+                save_model(unwrapped, processor, checkpoints_dir / "best")
+            accelerator.wait_for_everyone()
+
+    if completed_steps == 0 and state["epoch"] == 0 and state["batches_in_epoch"] == 0:
+        validate(epoch=0)  # the untrained model (zero-shot): the baseline training must beat
+
+    # ------------------------------------------------------------------------------------------------ training
+    logit_scale = unwrapped.clip.logit_scale
+    if is_classification:
+        class_inputs = processor(text=class_texts, padding="max_length").to(accelerator.device)
+    for epoch in range(state["epoch"], args.num_train_epochs):
+        model.train()
+        # The prepared loader re-seeds the sampler with its own epoch counter on every pass (and a skipping loader
+        # inherits it): set it, not only our sampler, or a resumed run would replay epoch 0's order.
+        train_dataloader.set_epoch(epoch)
+        train_dataset.set_epoch(epoch)
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        dataloader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+        skipped = state["skipped"].setdefault(str(epoch), [])
+        losses = []
+        for batch_index, batch in enumerate(dataloader, start=skip):
+            if completed_steps >= args.max_train_steps:
+                break
+            skipped += batch["failed"]
+            sizes = [len(batch["indices"])]
+            if accelerator.num_processes > 1:
+                sizes = accelerator.gather(torch.tensor(sizes, device=accelerator.device)).tolist()
+            with accelerator.accumulate(model):
+                # All processes skip together when one has nothing to train on (every sample failed to decode).
+                if min(sizes) > 0:
+                    if is_classification:
+                        outputs = model(input_ids=class_inputs["input_ids"], attention_mask=class_inputs["attention_mask"],
+                                        pixel_values=batch["pixel_values"], video_mask=batch["video_mask"])
+                        loss = F.cross_entropy(outputs.logits_per_video.float(), batch["labels"])
+                    else:
+                        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        pixel_values=batch["pixel_values"], video_mask=batch["video_mask"])
+                        loss = retrieval_loss(outputs, logit_scale, accelerator.num_processes)
+                    accelerator.backward(loss)
+                    losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            progress_bar.update(1)
+            step_loss = float(np.mean(losses[-args.gradient_accumulation_steps:])) if losses else float("nan")
+            progress_bar.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch)
+            if completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps:
+                record = {"split": "train", "epoch": epoch + 1, "step": completed_steps, "loss": step_loss,
+                          "lr": lr_scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 2)}
+                metrics_log.write(record)
+                if args.with_tracking:
+                    accelerator.log({"train_loss": step_loss, "lr": record["lr"]}, step=completed_steps)
+            if args.checkpointing_steps not in (None, "epoch") and completed_steps % int(args.checkpointing_steps) == 0:
+                save_checkpoint(accelerator, checkpoints_dir, f"step_{completed_steps}",
+                                checkpoint_state(epoch, batch_index + 1))
+
+        # Failures of every process, named, once per epoch.
+        failures = sorted(set(gather_object(skipped))) if accelerator.num_processes > 1 else sorted(set(skipped))
+        state["skipped"][str(epoch)] = failures
+        if failures:
+            accelerator.print(f"epoch {epoch + 1}: skipped {len(failures)} videos that failed to decode:\n  "
+                              + "\n  ".join(failures))
+            metrics_log.write({"split": "skipped", "epoch": epoch + 1, "step": completed_steps,
+                               "num_skipped": len(failures), "skipped": failures})
+        validate(epoch + 1)
+        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(accelerator, checkpoints_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0))
+        if completed_steps >= args.max_train_steps:
+            break
+
+    # ------------------------------------------------------------------------------------------------ final model
+    progress_bar.close()
+    accelerator.wait_for_everyone()
+    best_dir = checkpoints_dir / "best"
+    if best_dir.exists():  # model selection on validation
+        best = STOPModel.from_pretrained(best_dir)
+        unwrapped.load_state_dict(best.state_dict())
+    results = {"best_epoch": state["best_epoch"], f"best_val_{selection_metric}": state["best_metric"],
+               "train_steps": completed_steps, "train_runtime": round(time.time() - start_time, 2),
+               "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values())}
+    test_results = None
+    if "test" in eval_datasets:
+        test_results = run_evaluation("test")
+        metrics_log.write({"split": "test", "epoch": state["epoch"], "step": completed_steps, **test_results,
+                           "time": round(time.time() - start_time, 2)})
+        results.update({f"test_{k}": v for k, v in test_results.items()})
+        accelerator.print("test: " + ", ".join(f"{k}={v:.4g}" for k, v in test_results.items()
+                                               if isinstance(v, float)))
+    if args.with_tracking:
+        if test_results:
+            accelerator.log({f"test_{k}": v for k, v in test_results.items()}, step=completed_steps)
+        accelerator.end_training()
+
+    if accelerator.is_main_process:
+        save_model(unwrapped, processor, output_dir / ".final")
+        for item in (output_dir / ".final").iterdir():
+            os.replace(item, output_dir / item.name)
+        (output_dir / ".final").rmdir()
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        model_name = args.hub_model_id or output_dir.resolve().name
+        hyperparameters = {k: getattr(args, k) for k in (
+            "task", "num_train_epochs", "max_train_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "optimizer", "learning_rate", "weight_decay", "lr_scheduler_type", "seed")}
+        hyperparameters["num_processes"] = accelerator.num_processes
+        write_model_card(output_dir, model_name, args.model_name_or_path, args.dataset_name, args.task, test_results,
+                         unwrapped.config, hyperparameters)
+        plot_training_curves(metrics_log.records(), output_dir / "training_curves.png", selection_metric)
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True,
+                                  token=args.hub_token).repo_id
+            upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
+                          ignore_patterns=["checkpoints/*", ".*"], token=args.hub_token)
+    accelerator.wait_for_everyone()
+    return results
+
+
+if __name__ == "__main__":
+    main()
