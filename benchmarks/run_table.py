@@ -1,0 +1,148 @@
+"""The results table: train every row with the same recipe and budget, evaluate on the test split, write a table.
+
+    python -m benchmarks.run_table --dataset_name data/synthetic --output_dir outputs/table --seeds 0 1 2
+
+Rows: the frozen CLIP (mean pooling, zero-shot), DGL prompts only, STOP official, STOP paper, STOP paper
+spatial-only / temporal-only, and the order-aware rows with CLIP4Clip's seqTransf temporal head. Every trained row
+uses `training/train.py` with the same flags (`--train_args`), so the only difference is the model definition.
+Model selection inside a run is on the validation split; the table reports the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NO_STOP = ["use_spatial_prompt=False", "use_temporal_prompt=False"]
+FROZEN = ["use_dgl_prompts=False", *NO_STOP]
+
+# name -> (training overrides or None for zero-shot, description)
+ROWS = {
+    "clip-meanP": (None, "frozen CLIP, mean-pooled frames, zero-shot (0 trainable)"),
+    "clip-seqTransf": (FROZEN + ["temporal_head=seqTransf"], "frozen CLIP + seqTransf head (CLIP4Clip)"),
+    "dgl": (["variant=official", *NO_STOP], "DGL prompts only (generator, global/local prompts, adapters)"),
+    "stop-official": (["variant=official"], "STOP, authors' released formulation"),
+    "stop-paper": (["variant=paper"], "STOP, the paper's formulation"),
+    "stop-paper-spatial": (["variant=paper", "use_temporal_prompt=False"], "STOP paper, spatial prompting only"),
+    "stop-paper-temporal": (["variant=paper", "use_spatial_prompt=False"], "STOP paper, temporal prompting only"),
+    "stop-official-seqTransf": (["variant=official", "temporal_head=seqTransf"], "STOP official + seqTransf"),
+    "stop-paper-seqTransf": (["variant=paper", "temporal_head=seqTransf"], "STOP paper + seqTransf"),
+    "stop-paper-seqTransf-pos": (
+        ["variant=paper", "temporal_head=seqTransf", "frame_position_embeddings=True"],
+        "STOP paper + seqTransf + frame position embeddings",
+    ),
+}
+COLUMNS = [
+    ("t2v_R@1", "T2V R@1"), ("t2v_R@5", "R@5"), ("t2v_R@10", "R@10"), ("t2v_MdR", "MdR"), ("t2v_MnR", "MnR"),
+    ("v2t_R@1", "V2T R@1"), ("v2t_R@5", "R@5"), ("v2t_R@10", "R@10"), ("v2t_MdR", "MdR"), ("v2t_MnR", "MnR"),
+    ("classification/top1_accuracy", "cls top-1"), ("pair_accuracy", "pair acc"),
+]
+
+
+def run(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+
+
+def run_row(name: str, seed: int, args) -> dict:
+    overrides, _ = ROWS[name]
+    out = Path(args.output_dir) / f"{name}-seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    result_file = out / "test_eval.json"
+    if result_file.exists():  # re-running the table reuses finished rows
+        return json.loads(result_file.read_text())
+    start = time.perf_counter()
+    if overrides is None:
+        model, extra = args.model_name_or_path, ["--baseline", "meanP", "--num_frames", str(args.num_frames)]
+    else:
+        train = [sys.executable, "training/train.py", "--model_name_or_path", args.model_name_or_path,
+                 "--dataset_name", args.dataset_name, "--output_dir", str(out / "model"), "--seed", str(seed),
+                 "--num_frames", str(args.num_frames), *args.train_args.split(),
+                 "--stop_config_overrides", *overrides]
+        run(train, out / "train.log")
+        model, extra = str(out / "model"), []
+    evaluation = [sys.executable, "-m", "benchmarks.run_eval", "--model_name_or_path", model,
+                  "--dataset_name", args.dataset_name, "--split", "test", "--seed", str(seed),
+                  "--output_json", str(out / "eval_raw.json"), *extra]
+    if args.max_eval_samples:
+        evaluation += ["--max_samples", str(args.max_eval_samples)]
+    run(evaluation, out / "eval.log")
+    report = json.loads((out / "eval_raw.json").read_text())
+    report["row"], report["seed"], report["row_wall_time_s"] = name, seed, round(time.perf_counter() - start, 1)
+    result_file.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def summarise(reports: list[dict]) -> dict:
+    """Mean and spread (population std over seeds; 0 with one seed) of every metric of one row."""
+    keys = reports[0]["metrics"].keys()
+    out = {}
+    for key in keys:
+        values = [r["metrics"][key] for r in reports if isinstance(r["metrics"].get(key), (int, float))]
+        if values:
+            out[key] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0)
+    return out
+
+
+def markdown(table: dict, seeds: list[int], command: str, wall: float) -> str:
+    head = "| row | " + " | ".join(label for _, label in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, stats in table.items():
+        cells = []
+        for key, _ in COLUMNS:
+            if key not in stats:
+                cells.append("-")
+                continue
+            mean, std = stats[key]
+            digits = 3 if key.startswith("pair_accuracy") else 1  # pair accuracy is a share, the rest percent/ranks
+            cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(seeds) > 1 else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    per_kind = sorted({k for stats in table.values() for k in stats if k.startswith("pair_accuracy/")})
+    if per_kind:
+        lines += ["", "Reversed-pair accuracy by motion kind:", "",
+                  "| row | " + " | ".join(k.split("/", 1)[1] for k in per_kind) + " |",
+                  "|" + "---|" * (len(per_kind) + 1)]
+        for name, stats in table.items():
+            lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:.2f}" if k in stats else "-" for k in per_kind) + " |")
+    lines += ["", f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
+              f"in {wall / 60:.1f} min."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset_name", required=True)
+    parser.add_argument("--model_name_or_path", default=str(REPO / "checkpoints" / "clip-synthetic"),
+                        help="the CLIP every row starts from")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--num_frames", type=int, default=8)
+    parser.add_argument("--train_args", default="", help="extra flags for training/train.py, the same for every row")
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    reports = {name: [run_row(name, seed, args) for seed in args.seeds] for name in args.rows}
+    table = {name: summarise(r) for name, r in reports.items()}
+    command = "python -m benchmarks.run_table " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = markdown(table, args.seeds, command, time.perf_counter() - start)
+    out = Path(args.output_dir)
+    (out / "table.md").write_text(text + "\n")
+    (out / "table.json").write_text(json.dumps({"rows": {n: {"description": ROWS[n][1], "runs": r}
+                                                         for n, r in reports.items()}}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
