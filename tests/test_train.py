@@ -57,7 +57,8 @@ def train_args(backbone, data, output_dir, *extra):
 
 
 def run(args, launcher=(sys.executable,), timeout=300, env=ENV):
-    result = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -103,8 +104,8 @@ def test_stop_config_overrides_are_typed_like_the_config_fields():
     assert stop_options(args) == {"variant": "paper", "num_frames": 8, "max_words": 32, "prompter_dropout": 0.0,
                                   "inter_kernel": [3, 5, 5], "use_spatial_prompt": False, "num_prompt_layers": 4,
                                   "temporal_head": "seqTransf"}
-    with pytest.raises(ValueError, match="not_a_field"):
-        stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "not_a_field=1"]))
+    with pytest.raises(ValueError, match="'bad' is not a STOPConfig field"):
+        stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
 
 def test_model_card_holds_hub_metadata_and_test_metrics_as_model_index(tmp_path):
@@ -228,3 +229,23 @@ print(type(model).__name__, type(processor).__name__, tuple(model(**inputs).logi
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split()[-4:] == ["STOPModel", "STOPProcessor", "(1,", "1)"]
+
+
+@pytest.mark.slow
+def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(backbone, tmp_path):
+    data = benchmark(tmp_path / "data", num_train=8, num_validation=4, num_test=4)
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(train_args(backbone, data, first, "--task", "classification", "--label_template", "a shape {label}",
+                   "--per_device_train_batch_size", "4", "--num_train_epochs", "2", "--variant", "paper"))
+    records = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "validation"]
+    assert [r["epoch"] for r in val] == [0, 1, 2] and 0 <= val[0]["top1_accuracy"] <= 100
+    results = json.loads((first / "all_results.json").read_text())
+    assert {"test_top1_accuracy", "test_mean_class_accuracy", "best_val_top1_accuracy"} <= set(results)
+    assert "pipeline_tag: video-classification" in (first / "README.md").read_text()
+
+    # A STOP checkpoint is trained on as it is: its config (variant, frames), not new-model options.
+    run(train_args(first, data, second, "--task", "classification", "--per_device_train_batch_size", "4",
+                   "--max_train_steps", "1", "--num_frames", "8"))
+    config = json.loads((second / "config.json").read_text())
+    assert config["variant"] == "paper" and config["num_frames"] == 4

@@ -2,9 +2,10 @@
 
 `load_video_text_dataset` opens a Hub dataset or a local folder (a `videofolder` with `metadata.jsonl`, or CSV /
 JSON lines files whose video column holds paths) and checks the columns the task needs. Videos are kept as
-paths or bytes (`Video(decode=False)`) and decoded by `VideoTextDataset.__getitem__` with `read_video_frames`,
-so decoding runs in the DataLoader's worker processes and a file that fails to decode is caught per sample: the
-item comes back as `{"index", "error"}`, `collate_video_text` moves it to `batch["failed"]`, and training goes on.
+paths or bytes (`Video(decode=False)`) and decoded by `VideoTextDataset.__getitem__` with the processor's video
+processor (`read_video_frames`: only the frames it needs), so decoding runs in the DataLoader's worker processes
+and a file that fails to decode is caught per sample: the item comes back as `{"index", "error"}`,
+`VideoTextCollator` moves it to `batch["failed"]`, and training goes on.
 
 Captions may be one string or a list of strings per video. In training each video shows one caption per epoch,
 drawn from (seed, epoch, index); evaluation uses every caption as a query (`VideoTextDataset.captions`). Frame
@@ -202,7 +203,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
         row = self.dataset[index]
         generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
         try:
-            video = self.video_processor(self._source(row[self.video_column]), sampling=self.sampling, generator=generator)
+            source = self._source(row[self.video_column])
+            video = self.video_processor(source, sampling=self.sampling, generator=generator)
         except VideoDecodeError as error:
             return {"index": index, "error": str(error)}
         item = {"index": index, "pixel_values": video["pixel_values"][0], "video_mask": video["video_mask"][0]}
