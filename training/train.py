@@ -185,6 +185,11 @@ def stop_options(args) -> dict:
 
 def load_model_and_processor(args):
     """A STOP checkpoint as it is, or a new STOP model over a CLIP checkpoint (frozen) and its processor."""
+    if Path(args.model_name_or_path) == DEFAULT_CLIP and not (DEFAULT_CLIP / "config.json").exists():
+        raise FileNotFoundError(
+            f"The default backbone {DEFAULT_CLIP} is missing: make it with `python training/pretrain_clip.py` or "
+            "pass --model_name_or_path (a CLIP or STOP checkpoint: Hub id or folder)"
+        )
     config_dict, _ = PretrainedConfig.get_config_dict(args.model_name_or_path)
     if config_dict.get("model_type") == "stop":
         new_options = [n for n in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm",
