@@ -756,11 +756,21 @@ class STOPModel(STOPPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         video_mask: torch.Tensor | None = None,
         return_loss: bool = False,
+        frame_features: torch.Tensor | None = None,
         **kwargs,
     ) -> STOPOutput:
+        r"""
+        frame_features (`torch.FloatTensor` of shape `(batch, frames, projection_dim)`, *optional*): cached
+            `get_frame_features` output used instead of `pixel_values` when `uses_frozen_frame_features` (the
+            training fast path: the frozen backbone runs once per video, not once per step).
+        """
         text_embeds = video_embeds = logits_per_text = logits_per_video = loss = None
         encoding = STOPVideoEncoding()
-        if pixel_values is not None:
+        if frame_features is not None:
+            if not self.uses_frozen_frame_features:
+                raise ValueError("frame_features can stand in for pixel_values only when no prompt enters the backbone")
+            video_embeds = F.normalize(self.pool_frame_features(frame_features, video_mask), dim=-1)
+        elif pixel_values is not None:
             encoding = self.encode_video(pixel_values, video_mask)
             video_embeds = F.normalize(encoding.video_features, dim=-1)
         if input_ids is not None:

@@ -53,6 +53,7 @@ from transformers import PretrainedConfig, get_scheduler  # noqa: E402
 
 from modeling_stop import STOPConfig, STOPModel  # noqa: E402
 from modeling_stop.modeling_stop import contrastive_loss  # noqa: E402
+from modeling_stop.pipelines import register_pipelines  # noqa: E402
 from modeling_stop.processing_stop import STOPProcessor  # noqa: E402
 from training.data import (  # noqa: E402
     VideoTextCollator,
@@ -62,6 +63,7 @@ from training.data import (  # noqa: E402
     load_video_text_dataset,
     reversed_pair_accuracy,
 )
+from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
 from training.synthetic import DEFAULT_CLIP  # noqa: E402
 
 logger = get_logger(__name__)
@@ -89,6 +91,11 @@ def parse_args(argv=None):
     parser.add_argument("--preprocessing_num_workers", type=int, default=None,
                         help="processes resolving the video paths of CSV / JSON datasets")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader processes decoding videos")
+    parser.add_argument("--feature_cache", choices=["auto", "off"], default="auto",
+                        help="auto: when every trainable module sits after the frozen backbone (frozen CLIP + temporal "
+                             "head) and frames are sampled uniformly, compute the frozen frame features once and train "
+                             "on them (same loss, many times faster)")
+    parser.add_argument("--feature_cache_dir", default=None, help="also keep the frame-feature cache on disk here")
     # Task
     parser.add_argument("--task", choices=["retrieval", "classification"], default="retrieval")
     parser.add_argument("--label_template", default="a video of {label}", help="class name -> text (classification)")
@@ -505,6 +512,7 @@ def save_model(model: STOPModel, processor, directory: Path):
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    register_pipelines(tmp)  # the zero-shot / video-classification pipelines travel with the folder
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -569,7 +577,17 @@ def main(argv=None):
     eval_datasets = {split: VideoTextDataset(raw[split], processor.video_processor, **columns)
                      for split in ("validation", "test") if split in raw}
     collator = VideoTextCollator(processor)
-    train_dataloader = build_dataloader(train_dataset, collator, args.per_device_train_batch_size, shuffle=True,
+    train_collator = collator
+    use_cache = (args.feature_cache == "auto" and model.uses_frozen_frame_features
+                 and args.frame_sampling == "uniform")
+    training_path = "cached frozen frame features" if use_cache else "end to end through the frozen backbone"
+    logger.info(f"  Training path = {training_path}")
+    if use_cache:
+        cache = FrameFeatureCache.build(model.to(accelerator.device), train_dataset, args.per_device_eval_batch_size,
+                                        args.dataloader_num_workers, args.feature_cache_dir, accelerator.device,
+                                        disable_progress=not accelerator.is_local_main_process)
+        train_dataset, train_collator = CachedFeatureDataset(train_dataset, cache), CachedFeatureCollator(processor)
+    train_dataloader = build_dataloader(train_dataset, train_collator, args.per_device_train_batch_size, shuffle=True,
                                         drop_last=True, seed=args.seed, num_workers=args.dataloader_num_workers)
     eval_dataloaders = {split: build_dataloader(ds, collator, args.per_device_eval_batch_size,
                                                 num_workers=args.dataloader_num_workers)
@@ -702,13 +720,13 @@ def main(argv=None):
             with accelerator.accumulate(model):
                 # All processes skip together when one has nothing to train on (every sample failed to decode).
                 if min(sizes) > 0:
+                    video = {"pixel_values": batch.get("pixel_values"), "frame_features": batch.get("frame_features"),
+                             "video_mask": batch["video_mask"]}
                     if is_classification:
-                        outputs = model(**class_inputs, pixel_values=batch["pixel_values"],
-                                        video_mask=batch["video_mask"])
+                        outputs = model(**class_inputs, **video)
                         loss = F.cross_entropy(outputs.logits_per_video.float(), batch["labels"])
                     else:
-                        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        pixel_values=batch["pixel_values"], video_mask=batch["video_mask"])
+                        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **video)
                         loss = retrieval_loss(outputs, logit_scale, accelerator.num_processes)
                     accelerator.backward(loss)
                     losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
@@ -759,7 +777,8 @@ def main(argv=None):
         unwrapped.load_state_dict(best.state_dict())
     results = {"best_epoch": state["best_epoch"], f"best_val_{selection_metric}": state["best_metric"],
                "train_steps": completed_steps, "train_runtime": round(time.time() - start_time, 2),
-               "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values())}
+               "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values()),
+               "training_path": training_path}
     test_results = None
     if "test" in eval_datasets:
         test_results = run_evaluation("test")
