@@ -37,8 +37,35 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+DATA ?= data/synthetic
+OUT ?= outputs/stop-synthetic
+ACCELERATE := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+
+$(DATA)/test/metadata.jsonl: | $(VENV)/.installed
+	$(PY) -m training.synthetic --output_dir $(DATA)
+
+# The main job: synthetic benchmark -> train STOP from the embedded backbone -> evaluate against frozen CLIP.
+quickstart: setup $(DATA)/test/metadata.jsonl
+	@test -f $(OUT)/model.safetensors || $(ACCELERATE) training/train.py --dataset_name $(DATA) --output_dir $(OUT)
+	@test -f $(OUT)/eval_test.json || $(PY) -m benchmarks.run_eval --model_name_or_path $(OUT) \
+	  --dataset_name $(DATA) --split test --output_json $(OUT)/eval_test.json > /dev/null
+	@test -f outputs/eval_clip_meanP.json || $(PY) -m benchmarks.run_eval --model_name_or_path checkpoints/clip-synthetic \
+	  --baseline meanP --dataset_name $(DATA) --split test --output_json outputs/eval_clip_meanP.json > /dev/null
+	@$(PY) -m benchmarks.compare outputs/eval_clip_meanP.json $(OUT)/eval_test.json
+	@echo ""
+	@echo "Model folder: $(OUT) (AutoModel.from_pretrained('$(OUT)', trust_remote_code=True))"
+	@echo "Open the demo on it:  $(PY) demo/app.py --model $(OUT)"
+
+# The results table of README / MODEL_CARD (every row trained with the same recipe and seeds).
+SEEDS ?= 0
+benchmark: setup $(DATA)/test/metadata.jsonl
+	$(PY) -m benchmarks.run_table --dataset_name $(DATA) --output_dir outputs/table --seeds $(SEEDS)
+
 test: setup test-system-deps .cache/sample_videos/.done
 	$(PY) -m pytest tests
+
+demo: setup
+	$(PY) demo/app.py
 
 clean:
 	rm -rf $(VENV) .cache
