@@ -189,3 +189,20 @@ def test_stop_config_round_trips_through_json(tmp_path):
     loaded = STOPConfig.from_pretrained(tmp_path)
     assert loaded.num_frames == 6 and loaded.prompt_generator == "linear" and loaded.mask_layout == "patch"
     assert loaded.vision_config.patch_size == 8 and loaded.prompter_kernel == [3, 11, 11]
+
+
+def test_fft_conv3d_equals_the_direct_convolution_values_and_gradients():
+    from modeling_stop.modeling_stop import FFTConv3d
+
+    torch.manual_seed(0)
+    fft = FFTConv3d(2, 3, (3, 5, 7), padding=(1, 2, 3))
+    direct = torch.nn.Conv3d(2, 3, (3, 5, 7), padding=(1, 2, 3))
+    direct.load_state_dict(fft.state_dict())
+    x = torch.randn(2, 2, 4, 9, 11, requires_grad=True)
+    y_fft, y = fft(x), direct(x)
+    torch.testing.assert_close(y_fft, y, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    grads_fft = torch.autograd.grad(y_fft, (x, fft.weight, fft.bias), g)
+    grads = torch.autograd.grad(y, (x, direct.weight, direct.bias), g)
+    for a, b in zip(grads_fft, grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
