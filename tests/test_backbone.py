@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from training.pretrain_clip import evaluate_zero_shot, main, pixel_values
+from training.synthetic import DEFAULT_CLIP, render_still, sample_still
+from training.tokenizer import DEFAULT_CACHE, BPE_FILE_NAME, build_clip_tokenizer
+
+# openai/clip-vit-base-patch32's ids.
+KNOWN_IDS = {
+    "a photo of a cat": [49406, 320, 1125, 539, 320, 2368, 49407],
+    "a small red circle in the top left corner": [49406, 320, 2442, 736, 7117, 530, 518, 1253, 1823, 5253, 49407],
+}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    if not (DEFAULT_CLIP / "model.safetensors").exists():
+        pytest.fail(f"no backbone at {DEFAULT_CLIP}: run python training/pretrain_clip.py")
+    return CLIPModel.from_pretrained(DEFAULT_CLIP), CLIPTokenizer.from_pretrained(DEFAULT_CLIP)
+
+
+def test_saved_tokenizer_matches_openai_clip_ids(backbone):
+    tokenizer = backbone[1]
+    for text, ids in KNOWN_IDS.items():
+        assert tokenizer(text).input_ids == ids
+    assert len(tokenizer) == 49408 and tokenizer.pad_token_id == 49407
+
+
+def test_tokenizer_built_from_the_bpe_file_matches_openai_clip_ids(backbone):
+    if not (DEFAULT_CACHE / BPE_FILE_NAME).exists():
+        pytest.skip(f"{BPE_FILE_NAME} not cached in {DEFAULT_CACHE} (python -m training.tokenizer fetches it)")
+    tokenizer = build_clip_tokenizer(DEFAULT_CACHE / BPE_FILE_NAME)
+    for text, ids in KNOWN_IDS.items():
+        assert tokenizer(text).input_ids == ids
+    assert tokenizer.get_vocab() == backbone[1].get_vocab()
+
+
+def test_committed_backbone_is_small_and_fits_stop(backbone):
+    model, _ = backbone
+    config = model.config
+    assert config.vision_config.image_size == 64 and config.vision_config.patch_size == 8
+    assert config.text_config.max_position_embeddings == 77  # STOP reads 32 words, then inserts prompts
+    assert config.text_config.vocab_size == 49408
+    assert model.dtype == torch.float32  # stored in float16, computed in float32
+    assert sum(f.stat().st_size for f in DEFAULT_CLIP.iterdir()) < 40e6
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "README.md"} <= {
+        f.name for f in DEFAULT_CLIP.iterdir()}
+
+
+def test_saved_image_processor_matches_training_preprocessing():
+    processor = CLIPProcessor.from_pretrained(DEFAULT_CLIP)
+    images = [render_still(sample_still(np.random.default_rng(i)), 64) for i in range(2)]
+    expected = pixel_values(np.stack(images))
+    got = processor(images=images, return_tensors="pt").pixel_values
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_backbone_retrieves_held_out_stills_zero_shot(backbone):
+    # Fresh stills from a seed that neither training nor the model card's evaluation uses.
+    results = evaluate_zero_shot(*backbone, num_stills=100, seed=20251125)
+    chance = results["chance"]
+    assert results["colour_accuracy"] >= 0.8
+    assert results["size_accuracy"] >= 0.8
+    assert results["shape_accuracy"] >= 0.35  # measured 0.48 on 1000 stills (chance 0.2)
+    assert results["position_accuracy"] >= 0.4  # chance 0.11
+    assert results["image_to_text_R@1"] >= 50 * chance["image_to_text_R@1"]
+    assert results["text_to_image_R@5"] >= 0.3
+
+
+def test_pretraining_is_deterministic_for_a_seed(tmp_path):
+    tiny = ["--max_train_steps", "2", "--per_device_train_batch_size", "16", "--hidden_size", "32",
+            "--num_hidden_layers", "1", "--projection_dim", "16", "--num_warmup_steps", "1", "--num_eval_stills", "20",
+            "--tokenizer_name", str(DEFAULT_CLIP)]
+    first = main(["--output_dir", str(tmp_path / "a"), *tiny])
+    second = main(["--output_dir", str(tmp_path / "b"), *tiny])
+    assert first == second
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["projection_dim"] == 16
+    assert CLIPModel.from_pretrained(tmp_path / "a").config.text_config.hidden_size == 32
