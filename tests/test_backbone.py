@@ -64,12 +64,14 @@ def test_backbone_retrieves_held_out_stills_zero_shot(backbone):
     # Fresh stills from a seed that neither training nor the model card's evaluation uses.
     results = evaluate_zero_shot(*backbone, num_stills=100, seed=20251125)
     chance = results["chance"]
-    assert results["colour_accuracy"] >= 0.8
-    assert results["size_accuracy"] >= 0.8
-    assert results["shape_accuracy"] >= 0.35  # measured 0.48 on 1000 stills (chance 0.2)
-    assert results["position_accuracy"] >= 0.4  # chance 0.11
-    assert results["image_to_text_R@1"] >= 50 * chance["image_to_text_R@1"]
-    assert results["text_to_image_R@5"] >= 0.3
+    # Measured on these 100 stills: colour 1.00, size 0.99, shape 0.41, position 1.00, image->text R@1 0.41
+    # (chance 1/720), text->image R@5 1.00. Shape is the weak attribute (0.48 on the model card's 1000 stills).
+    assert results["colour_accuracy"] >= 0.9
+    assert results["size_accuracy"] >= 0.9
+    assert results["position_accuracy"] >= 0.9 and results["position_given_rest_accuracy"] >= 0.9
+    assert results["shape_accuracy"] >= 0.3  # chance 0.2
+    assert results["image_to_text_R@1"] >= 150 * chance["image_to_text_R@1"]
+    assert results["text_to_image_R@5"] >= 0.9
 
 
 def test_pretraining_is_deterministic_for_a_seed(tmp_path):
