@@ -61,7 +61,11 @@ SEEDS ?= 0
 benchmark: setup $(DATA)/test/metadata.jsonl
 	$(PY) -m benchmarks.run_table --dataset_name $(DATA) --output_dir outputs/table --seeds $(SEEDS)
 
-test: setup test-system-deps .cache/sample_videos/.done
+# The real CLIP BPE vocabulary (from the open_clip_torch wheel on PyPI) for the tokenizer test.
+.cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz: | $(VENV)/.installed
+	$(PY) -c "from training.tokenizer import fetch_bpe_file; fetch_bpe_file()"
+
+test: setup test-system-deps .cache/sample_videos/.done .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz
 	$(PY) -m pytest tests
 
 demo: setup

@@ -42,9 +42,17 @@ ROWS = {
     # The cached fast path buys ~15x more epochs in the wall time of one end-to-end STOP row: a DIFFERENT budget
     # (equal wall time, not equal epochs), reported as its own row.
     "clip-seqTransf-long": (FROZEN + ["temporal_head=seqTransf"], "frozen CLIP + seqTransf, 60 epochs on cached features"),
+    # The official variant's end-to-end CPU step is far slower: one epoch, for a paper-vs-official comparison at the
+    # same (reduced) budget as `stop-paper-1epoch`.
+    "stop-official-1epoch": (["variant=official", NO_HEAD], "STOP official, 1 epoch"),
+    "stop-paper-1epoch": (["variant=paper", NO_HEAD], "STOP paper, 1 epoch"),
 }
 # Rows whose training flags differ from the common recipe (appended after --train_args, so they win).
-ROW_TRAIN_ARGS = {"clip-seqTransf-long": ["--num_train_epochs", "60"]}
+ROW_TRAIN_ARGS = {
+    "clip-seqTransf-long": ["--num_train_epochs", "60"],
+    "stop-official-1epoch": ["--num_train_epochs", "1"],
+    "stop-paper-1epoch": ["--num_train_epochs", "1"],
+}
 COLUMNS = [
     ("t2v_R@1", "T2V R@1"), ("t2v_R@5", "R@5"), ("t2v_R@10", "R@10"), ("t2v_MdR", "MdR"), ("t2v_MnR", "MnR"),
     ("v2t_R@1", "V2T R@1"), ("v2t_R@5", "R@5"), ("v2t_R@10", "R@10"), ("v2t_MdR", "MdR"), ("v2t_MnR", "MnR"),
