@@ -114,41 +114,9 @@ FAST_NOTE = (
     "(same parameters; outputs equal up to float rounding, the parity tests pass with it)."
 )
 
-def _fast_length(n: int) -> int:
-    """Smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
-    while True:
-        m = n
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        if m == 1:
-            return n
-        n += 1
-
-
-def fft_same_conv3d(x, weight, bias):
-    """`F.conv3d(x, weight, bias, padding=kernel // 2)` (odd kernels, stride 1) through real FFTs, in float32.
-
-    A circular convolution of length N >= n + k // 2 per axis leaves the `same` window free of wrap-around, so the
-    result equals the direct convolution up to float rounding. Worth it for large kernels over few channels, such as
-    the official inter-frame prompt's (3, 15, 25) kernels over [T, 49, 768] tokens."""
-    import torch
-
-    dtype, size = x.dtype, x.shape[2:]
-    pads = [k // 2 for k in weight.shape[2:]]
-    lengths = [_fast_length(n + p) for n, p in zip(size, pads)]
-    with torch.autocast(x.device.type, enabled=False):
-        spectrum = torch.fft.rfftn(x.float(), s=lengths, dim=(2, 3, 4))
-        kernel = torch.fft.rfftn(weight.float().flip(2, 3, 4), s=lengths, dim=(2, 3, 4))  # correlation = flipped conv
-        full = torch.fft.irfftn(torch.einsum("bc...,oc...->bo...", spectrum, kernel), s=lengths, dim=(2, 3, 4))
-        out = full[:, :, pads[0] : pads[0] + size[0], pads[1] : pads[1] + size[1], pads[2] : pads[2] + size[2]]
-        if bias is not None:
-            out = out + bias.float().view(1, -1, 1, 1, 1)
-    return out.to(dtype)
-
-
 def use_fast_official_convs(model):
-    """Candidate speed-up of the official variant, applied to one model instance without touching the package:
+    """The official variant's speed-up (now the package's default: this re-applies it, for runs comparing it with the
+    direct convolutions of an older build), applied to one model instance:
     the pixel-space prompter's Conv3d stack (and region conv) runs in channels_last_3d memory format (its input is
     converted; oneDNN then keeps that layout through the stack), and the inter-frame prompt's Conv3d modules
     (kernels (3, 15, 25) and (5, 11, 11) over [T, 49, 768]) run through FFTs. Parameters and state-dict keys are
@@ -164,7 +132,9 @@ def use_fast_official_convs(model):
         conv.forward = types.MethodType(forward, conv)
 
     def fft(conv):
-        conv.forward = types.MethodType(lambda self, x: fft_same_conv3d(x, self.weight, self.bias), conv)
+        from modeling_stop.modeling_stop import FFTConv3d
+
+        conv.forward = types.MethodType(FFTConv3d.forward, conv)
 
     if model.spatial_prompter is not None and model.config.variant == "official":
         channels_last(model.spatial_prompter.conv[0])
