@@ -28,7 +28,7 @@ from training.data import (
     build_dataloader,
     class_names,
     load_video_text_dataset,
-    reversed_pair_accuracy,
+    split_pair_accuracy,
 )
 from training.train import embed_texts, embed_videos, load_metric
 
@@ -79,14 +79,7 @@ def evaluate_model(model, processor, split, args) -> dict:
         sim = (text_embeds @ video_embeds.t()).numpy()
         dsl = load_metric("video_text_retrieval").compute(predictions=sim, references=targets, dsl=True)
         results.update({f"dsl/{k}": v for k, v in dsl.items()})
-        if "pair_id" in split.column_names:
-            first = {}
-            for row, video in enumerate(targets):
-                first.setdefault(video, row)
-            own = [first[i] for i in range(len(indices))]
-            pair_ids = [split[int(i)]["pair_id"] for i in indices]
-            motions = [split[int(i)]["motion"] for i in indices] if "motion" in split.column_names else None
-            results.update(reversed_pair_accuracy(sim[own].T, pair_ids, motions))
+        results.update(split_pair_accuracy(sim, targets, indices, split))
     if has_labels:
         class_embeds = embed_texts(model, processor, [args.label_template.format(label=n) for n in names])
         labels = dataset.labels()

@@ -676,13 +676,13 @@ class STOPModel(STOPPreTrainedModel):
         """Projected, unnormalised text features [N, E]. As in the released code, padding is handled by the causal
         mask alone (`attention_mask` is accepted for API compatibility and not used)."""
         text_model = self.clip.text_model
-        hidden = text_model.embeddings(input_ids=input_ids)
         eot = self._eot_positions(input_ids)
         if self.prompt_generator is None:
             hidden = text_model(input_ids=input_ids).last_hidden_state
         else:
             text_prompts, _ = self._prompts(self.config.num_frames)
             half = self.config.num_text_prompts // 2
+            hidden = text_model.embeddings(input_ids=input_ids)
             hidden = self._with_text_prompts(hidden, text_prompts[0], words=slice(1, None))
             for i, layer in enumerate(text_model.encoder.layers):
                 if i > 0:  # deep prompts: overwrite the prompt positions with layer i's prompts

@@ -321,3 +321,18 @@ def reversed_pair_accuracy(video_text_sim, pair_ids, motions=None) -> dict[str, 
         for kind in sorted(set(kinds)):
             results[f"pair_accuracy/{kind}"] = float(correct[[k == kind for k in kinds]].mean())
     return results
+
+
+def split_pair_accuracy(sim, text_to_video, indices, split) -> dict[str, float]:
+    """`reversed_pair_accuracy` of an evaluated split: `sim` [texts, videos] with `text_to_video` (column of each
+    text's video in `sim`), `indices` the split rows of those videos; each video is scored against the first
+    caption of every video. Empty when the split has no `pair_id` column."""
+    if "pair_id" not in split.column_names:
+        return {}
+    first_caption = {}
+    for row, video in enumerate(text_to_video):
+        first_caption.setdefault(video, row)
+    own = [first_caption[i] for i in range(len(indices))]
+    rows = split.select([int(i) for i in indices])
+    motions = list(rows["motion"]) if "motion" in split.column_names else None
+    return reversed_pair_accuracy(np.asarray(sim)[own].T, list(rows["pair_id"]), motions)

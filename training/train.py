@@ -61,7 +61,7 @@ from training.data import (  # noqa: E402
     build_dataloader,
     class_names,
     load_video_text_dataset,
-    reversed_pair_accuracy,
+    split_pair_accuracy,
 )
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
 from training.synthetic import DEFAULT_CLIP  # noqa: E402
@@ -324,16 +324,7 @@ def evaluate_retrieval(model, processor, dataset: VideoTextDataset, dataloader, 
     targets = [position[text_to_video[t]] for t in keep]
     sim = (text_embeds @ video_embeds.t()).numpy()  # [texts, videos]
     results = metric.compute(predictions=sim, references=targets)
-    columns = dataset.dataset.column_names
-    if "pair_id" in columns:
-        first_caption = {}
-        for row, video in enumerate(targets):
-            first_caption.setdefault(video, row)
-        own = [first_caption[i] for i in range(len(indices))]
-        video_text_sim = sim[own].T  # [videos, first caption of each video]
-        pair_ids = [dataset.dataset[int(i)]["pair_id"] for i in indices]
-        motions = [dataset.dataset[int(i)]["motion"] for i in indices] if "motion" in columns else None
-        results.update(reversed_pair_accuracy(video_text_sim, pair_ids, motions))
+    results.update(split_pair_accuracy(sim, targets, indices, dataset.dataset))
     results["num_failed"] = len(failed)
     return results
 
