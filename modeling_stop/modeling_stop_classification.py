@@ -18,7 +18,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
 from .modeling_stop import STOPModel, STOPPreTrainedModel
-from .pipelines import pipelines_for
 from .retrieval import embed_texts
 
 
@@ -121,18 +120,21 @@ class STOPForVideoClassification(STOPPreTrainedModel):
         pixel_values: torch.Tensor,
         video_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        **kwargs,
+        frame_indices: torch.Tensor | None = None,
     ) -> STOPVideoClassifierOutput:
+        r"""
+        frame_indices (`torch.LongTensor` of shape `(batch, frames)`, *optional*): the processor's
+            `return_frame_indices=True` output; accepted so that `model(**processor(videos=...))` works, not used.
+        """
         video_embeds = F.normalize(self.stop.get_video_features(pixel_values, video_mask), dim=-1)
         logits = self.stop.clip.logit_scale.exp() * video_embeds @ self.class_embeds.to(video_embeds.dtype).t()
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
         return STOPVideoClassifierOutput(loss=loss, logits=logits, video_embeds=video_embeds)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # One folder serves both classes (AutoModel gives the plain STOPModel) and ships its pipelines.
+        # One folder serves both classes (AutoModel gives the plain STOPModel); the base class ships the pipelines.
         base_class = f"{STOPModel.__module__.split('.')[-1]}.{STOPModel.__name__}"
         self.config.auto_map = {**(self.config.auto_map or {}), "AutoModel": base_class}
-        self.config.custom_pipelines = pipelines_for([self.__class__.__name__])
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

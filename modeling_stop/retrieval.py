@@ -19,7 +19,8 @@ batched with it; `batch_size=1` (or a model with `frame_weight_norm="video"`) ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,26 @@ import torch.nn.functional as F
 
 def _stop_model(model):
     return getattr(model, "stop", model)  # a STOPForVideoClassification holds its STOPModel
+
+
+def _as_list(items, one) -> list:
+    """`items` as a list; `one(items)` says when it is a single item (a text, a video path, one video array)."""
+    if one(items):
+        return [items]
+    return list(items)
+
+
+def _one_text(texts) -> bool:
+    return isinstance(texts, str)
+
+
+def _one_video(videos) -> bool:
+    # A path, the bytes of a file, a [T, H, W, 3] array or a decoder are one video; a 5-D array is a batch.
+    return (
+        isinstance(videos, (str, bytes, os.PathLike))
+        or getattr(videos, "ndim", None) == 4
+        or not isinstance(videos, Iterable)
+    )
 
 
 def _device(model) -> torch.device:
@@ -40,11 +61,13 @@ def embed_videos(model, processor, videos: Sequence, batch_size: int = 8, sampli
     Args:
         model: a `STOPModel` (or `STOPForVideoClassification`).
         processor: its `STOPProcessor`.
-        videos: anything the processor reads (paths, bytes, uint8 arrays `[T, H, W, 3]`, torchcodec decoders).
+        videos: anything the processor reads (paths, bytes, uint8 arrays `[T, H, W, 3]`, torchcodec decoders), or
+            one of them (embedded as a batch of one).
         batch_size: videos decoded and encoded at a time.
         sampling: frame sampling of the processor, `"uniform"` (reproducible) or `"random"`.
     """
     model = _stop_model(model)
+    videos = _as_list(videos, _one_video)
     device, dtype = _device(model), next(model.parameters()).dtype
     embeds = []
     with torch.inference_mode():
@@ -58,9 +81,11 @@ def embed_videos(model, processor, videos: Sequence, batch_size: int = 8, sampli
     return torch.cat(embeds) if embeds else torch.empty(0, model.config.projection_dim)
 
 
-def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Normalised text embeddings `[len(texts), projection_dim]` (model and processor as in `embed_videos`)."""
+def embed_texts(model, processor, texts: Sequence[str] | str, batch_size: int = 64) -> torch.Tensor:
+    """Normalised text embeddings `[len(texts), projection_dim]` (model and processor as in `embed_videos`); one
+    string gives `[1, projection_dim]`."""
     model = _stop_model(model)
+    texts = _as_list(texts, _one_text)
     device = _device(model)
     embeds = []
     with torch.inference_mode():

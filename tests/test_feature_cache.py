@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from modeling_stop import STOPProcessor, STOPVideoProcessor
-from modeling_stop.modeling_stop import contrastive_loss
+from modeling_stop.modeling_stop import clip_loss
 from training.data import VideoTextCollator, VideoTextDataset, build_dataloader, load_video_text_dataset, reversed_pair_accuracy
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache
 from training.synthetic import write_benchmark
@@ -72,7 +72,7 @@ def test_temporal_head_tells_a_clip_from_its_reversal_after_short_training_on_ca
     scale = model.clip.logit_scale.exp()
     for _ in range(300):  # the whole (tiny) split each step: a few seconds on cached features
         video = torch.nn.functional.normalize(model.pool_frame_features(cache.features, cache.video_mask), dim=-1)
-        loss = contrastive_loss(scale * text_embeds @ video.t())
+        loss = clip_loss(scale * text_embeds @ video.t())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -206,3 +206,128 @@ def test_fft_conv3d_equals_the_direct_convolution_values_and_gradients():
     grads = torch.autograd.grad(y, (x, direct.weight, direct.bias), g)
     for a, b in zip(grads_fft, grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- frozen after loading, explicit inputs, bad inputs
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_clip_stays_frozen_after_from_pretrained_of_both_model_classes(tmp_path):
+    from transformers import AutoModel
+
+    from modeling_stop import STOPForVideoClassification
+
+    model = tiny_stop()
+    fresh = _trainable(model)
+    assert 0 < fresh < sum(p.numel() for p in model.parameters())
+    model.save_pretrained(tmp_path / "stop")
+    for loaded in (
+        STOPModel.from_pretrained(tmp_path / "stop"),
+        STOPModel.from_pretrained(tmp_path / "stop", output_loading_info=True)[0],
+        AutoModel.from_pretrained(tmp_path / "stop", trust_remote_code=True),
+    ):
+        assert not any(p.requires_grad for p in loaded.clip.parameters())
+        assert _trainable(loaded) == fresh
+    classifier = STOPForVideoClassification(model.config)
+    classifier.save_pretrained(tmp_path / "classifier")
+    loaded = STOPForVideoClassification.from_pretrained(tmp_path / "classifier")
+    assert not any(p.requires_grad for p in loaded.stop.clip.parameters())
+    assert _trainable(loaded) == _trainable(classifier) == fresh
+
+
+def test_forward_rejects_unknown_arguments():
+    model = tiny_stop()
+    with pytest.raises(TypeError, match="pixel_value"):
+        model(pixel_value=_video())
+    with pytest.raises(TypeError, match="input_id"):
+        model(input_id=_text(), pixel_values=_video())
+
+
+def test_clip_loss_is_symmetric_and_contrastive_loss_is_one_direction():
+    from modeling_stop import clip_loss, contrastive_loss
+
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.0, 0.0], [3.0, 0.0, 0.0]])
+    target = torch.arange(3)
+    ce = lambda x: -(x.log_softmax(-1)[target, target]).mean()  # noqa: E731
+    torch.testing.assert_close(contrastive_loss(logits), ce(logits))
+    torch.testing.assert_close(clip_loss(logits), (ce(logits) + ce(logits.t())) / 2)
+    assert not torch.allclose(contrastive_loss(logits), clip_loss(logits))
+    model = tiny_stop()
+    with torch.no_grad():
+        out = model(input_ids=_text(n=2), pixel_values=_video(), return_loss=True)
+    torch.testing.assert_close(out.loss, clip_loss(out.logits_per_text))
+
+
+VARIANTS = {
+    "official": {},
+    "paper": {"variant": "paper", "temporal_head": "seqTransf"},
+    "paper-no-head": {"variant": "paper", "temporal_head": "none"},
+    "baseline": {"use_dgl_prompts": False, "use_spatial_prompt": False, "use_temporal_prompt": False},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_all_padding_masks_and_non_finite_pixels_raise_naming_the_video(variant):
+    model = tiny_stop(**VARIANTS[variant])
+    video = _video(batch=3)
+    with pytest.raises(ValueError, match=r"every frame of video 1 \(index"):
+        model.get_video_features(video, torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"video_mask must be \[batch, frames\] = \(3, 4\)"):
+        model.get_video_features(video, torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="1 \\(real frame\\) or 0"):
+        model.get_video_features(video, torch.full((3, 4), 2))
+    for bad in (float("nan"), float("inf")):
+        poisoned = video.clone()
+        poisoned[2, 3, 0, 5, 5] = bad
+        with pytest.raises(ValueError, match=r"pixel_values of video 2 \(index in the batch\) contain NaN"):
+            model(input_ids=_text(n=3), pixel_values=poisoned)
+    with torch.no_grad():
+        assert torch.isfinite(model.get_video_features(video, torch.tensor([[1, 0, 0, 0]] * 3))).all()
+
+
+def test_official_variant_validates_the_mask_but_ignores_padding_as_released():
+    model = tiny_stop()
+    video = _video()
+    with torch.no_grad():
+        unmasked = model.get_video_features(video)
+        masked = model.get_video_features(video, torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]]))
+    torch.testing.assert_close(masked, unmasked, rtol=0, atol=0)
+
+
+def test_frame_features_are_validated_like_pixel_values():
+    model = tiny_stop(**VARIANTS["baseline"])
+    features = torch.randn(2, 4, 16)
+    features[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="frame_features of video 1"):
+        model(frame_features=features)
+    with pytest.raises(ValueError, match="every frame of video 0"):
+        model(frame_features=torch.randn(2, 4, 16), video_mask=torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0]]))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_frames", 0, "num_frames must be an integer >= 1"),
+        ("num_global_prompts", 0, "num_global_prompts must be an integer >= 1"),
+        ("num_local_prompts", -2, "num_local_prompts must be an integer >= 1"),
+        ("num_text_prompts", 0, "num_text_prompts must be an integer >= 2"),
+        ("num_text_prompts", -4, "num_text_prompts must be an integer >= 2"),
+        ("max_inserted_tokens", 0, "max_inserted_tokens must be an integer >= 1"),
+        ("max_words", 41, r"max_words \(41\) exceeds .*max_position_embeddings = 40\): set max_words <= 40"),
+        ("max_frames", 2, r"num_frames \(4\) exceeds max_frames \(2\): set max_frames >= 4"),
+    ],
+)
+def test_config_rejects_values_that_cannot_work_naming_the_field_and_the_fix(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        stop_config(**{"num_frames": 4, "max_words": 8, field: value})
+
+
+def test_more_frames_than_max_frames_raises_before_the_position_tables_do():
+    model = tiny_stop(variant="paper", temporal_head="seqTransf", max_frames=4)
+    with pytest.raises(ValueError, match=r"5 frames per video but STOPConfig.max_frames is 4.*processor num_frames"):
+        model.get_video_features(_video(frames=5))
+    with torch.no_grad():
+        assert model.get_video_features(_video(frames=3)).shape == (2, 16)  # fewer frames than the tables still run

@@ -250,3 +250,26 @@ def test_checkpoint_tokenizer_when_present():
     out = processor(text=["a photo of a cat"], padding="max_length")
     assert out["input_ids"].shape == (1, 32)
     assert out["input_ids"][0, 0] == processor.tokenizer.bos_token_id
+
+
+def test_num_frames_is_honoured_at_call_time_and_as_a_from_pretrained_override(processor, clips, tmp_path):
+    video = str(clips["clip30"])
+    inputs = processor(videos=video, num_frames=5, return_frame_indices=True)
+    assert inputs["pixel_values"].shape == (1, 5, 3, 32, 32) and inputs["video_mask"].tolist() == [[1] * 5]
+    assert inputs["frame_indices"].tolist() == [[3, 9, 15, 21, 27]]  # segment centres of 30 frames
+    assert processor(videos=video)["pixel_values"].shape[1] == 8  # the call changed nothing
+    with pytest.raises(ValueError, match="num_frames"):
+        processor(videos=video, num_frames=0)
+
+    processor.save_pretrained(tmp_path)
+    from transformers import AutoProcessor
+
+    for loaded in (
+        STOPProcessor.from_pretrained(tmp_path, num_frames=5),
+        AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True, num_frames=5),
+    ):
+        assert loaded.video_processor.num_frames == 5 and loaded.video_processor.size == 32
+        assert torch.equal(loaded(videos=video)["pixel_values"], inputs["pixel_values"])
+        assert "num_frames" not in loaded.tokenizer.init_kwargs  # the override is the video processor's alone
+    with pytest.raises(ValueError, match="num_frames"):
+        STOPProcessor.from_pretrained(tmp_path, num_frames=0)

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from transformers import PretrainedConfig, get_scheduler  # noqa: E402
 
 from modeling_stop import STOPConfig, STOPModel  # noqa: E402
-from modeling_stop.modeling_stop import contrastive_loss  # noqa: E402
+from modeling_stop.modeling_stop import clip_loss  # noqa: E402
 from modeling_stop.pipelines import register_pipelines  # noqa: E402
 from modeling_stop.processing_stop import STOPProcessor  # noqa: E402
 from training.data import (  # noqa: E402
@@ -256,7 +256,7 @@ def retrieval_loss(outputs, logit_scale: torch.Tensor, num_processes: int) -> to
     """Symmetric InfoNCE over the global batch of (caption, video) pairs."""
     text = gather_with_grad(outputs.text_embeds.float(), num_processes)
     video = gather_with_grad(outputs.video_embeds.float(), num_processes)
-    return contrastive_loss(logit_scale.exp() * text @ video.t())
+    return clip_loss(logit_scale.exp() * text @ video.t())
 
 
 # ----------------------------------------------------------------------------------------------------------------
