@@ -267,6 +267,101 @@ def test_register_pipelines_needs_the_processor_in_the_folder(stop_and_processor
     assert (tmp_path / "pipelines.py").read_bytes() == (REPO_ROOT / "modeling_stop" / "pipelines.py").read_bytes()
 
 
+SAVE_PRETRAINED_SCRIPT = """
+import json, sys
+from transformers import pipeline
+stop_dir, resaved_dir, classifier_dir, video, labels, out = sys.argv[1:]
+labels = json.loads(labels)
+result = {}
+for name, folder in (("stop", stop_dir), ("resaved", resaved_dir), ("classifier", classifier_dir)):
+    pipe = pipeline("zero-shot-video-classification", model=folder, trust_remote_code=True)
+    result[name] = pipe(video, candidate_labels=labels, hypothesis_template="a photo of {}")
+result["classify"] = pipeline("video-classification", model=classifier_dir, trust_remote_code=True)(video)
+json.dump(result, open(out, "w"))
+"""
+
+
+def _referenced_modules(folder):
+    config = json.loads((folder / "config.json").read_text())
+    names = list(config.get("auto_map", {}).values())
+    names += [entry["impl"] for entry in config.get("custom_pipelines", {}).values()]
+    return {name.split(".")[0] + ".py" for name in names}
+
+
+def test_save_pretrained_alone_writes_folders_whose_pipelines_work_in_a_fresh_process(
+    stop_and_processor, folders, videos, tmp_path
+):
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from modeling_stop import STOPModel
+
+    model, processor = stop_and_processor
+    classifier = STOPForVideoClassification.from_stop(model, LABELS, template=TEMPLATE, processor=processor)
+    saved = {"stop": tmp_path / "stop", "resaved": tmp_path / "resaved", "classifier": tmp_path / "classifier"}
+    model.save_pretrained(saved["stop"])
+    STOPModel.from_pretrained(folders["stop"]).save_pretrained(saved["resaved"])  # a loaded model, saved again
+    classifier.save_pretrained(saved["classifier"])
+    for folder in saved.values():
+        processor.save_pretrained(folder)
+        needed = _referenced_modules(folder)
+        assert "pipelines.py" in needed
+        for name in sorted(needed):  # every referenced file and everything it imports relatively
+            assert (folder / name).is_file(), f"{folder} lacks {name}"
+            assert all((folder / os.path.basename(f)).is_file() for f in get_relative_import_files(folder / name))
+    out = tmp_path / "result.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    args = [str(saved["stop"]), str(saved["resaved"]), str(saved["classifier"]), videos[0], json.dumps(LABELS), str(out)]
+    run = subprocess.run(
+        [sys.executable, "-c", SAVE_PRETRAINED_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    expected = dict(zip(LABELS, reference_logits(model, processor, videos[0]).softmax(-1).tolist()))
+    for name in ("stop", "resaved", "classifier"):
+        assert as_dict(result[name]) == pytest.approx(expected, abs=1e-6), name
+    assert as_dict(result["classify"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_forward_takes_everything_the_processor_returns_and_nothing_else(stop_and_processor, videos):
+    model, processor = stop_and_processor
+    classifier = STOPForVideoClassification.from_stop(model, LABELS, template=TEMPLATE, processor=processor)
+    inputs = processor(text=[TEMPLATE.format(LABELS[0])], videos=[videos[0]], return_frame_indices=True)
+    assert {"input_ids", "attention_mask", "pixel_values", "video_mask", "frame_indices"} <= set(inputs)
+    video_inputs = processor(videos=[videos[0]], return_frame_indices=True)
+    with torch.inference_mode():
+        assert model(**inputs).logits_per_video.shape == (1, 1)
+        assert classifier(**video_inputs).logits.shape == (1, len(LABELS))
+        with pytest.raises(TypeError, match="pixel_value"):
+            model(pixel_value=inputs["pixel_values"])
+        with pytest.raises(TypeError, match="pixel_value"):
+            classifier(pixel_values=inputs["pixel_values"], pixel_value=inputs["pixel_values"])
+
+
+def test_zero_shot_pipeline_splits_comma_separated_labels_and_takes_top_k(stop_and_processor, videos):
+    model, processor = stop_and_processor
+    pipe = STOPZeroShotVideoClassificationPipeline(model=model, processor=processor, device=-1)
+    full = pipe(videos[0], candidate_labels=LABELS, hypothesis_template=TEMPLATE)
+    assert pipe(videos[0], candidate_labels=" cat, dog,person ,", hypothesis_template=TEMPLATE) == full
+    assert pipe(videos[0], candidate_labels=LABELS, hypothesis_template=TEMPLATE, top_k=2) == full[:2]
+    assert len(full) == 3 and full[0]["score"] >= full[1]["score"] >= full[2]["score"]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            pipe(videos[0], candidate_labels=LABELS, top_k=bad)
+    with pytest.raises(ValueError, match="candidate_labels"):
+        pipe(videos[0], candidate_labels=" , ")
+
+
+def test_embed_helpers_take_one_text_or_one_video(stop_and_processor, videos):
+    model, processor = stop_and_processor
+    text = TEMPLATE.format(LABELS[1])
+    one = embed_texts(model, processor, text)
+    assert one.shape == (1, model.config.projection_dim)
+    torch.testing.assert_close(one, embed_texts(model, processor, [text]))
+    video = embed_videos(model, processor, videos[2])
+    assert video.shape == (1, model.config.projection_dim)
+    torch.testing.assert_close(video, embed_videos(model, processor, [videos[2]]))
+
+
 # ---------------------------------------------------------------- retrieval
 
 
