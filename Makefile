@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps test-system-deps test quickstart benchmark demo clean
+.PHONY: setup system-deps test-system-deps test quickstart benchmark demo clean sync-checkpoints
 
 # System packages through apt when we are root (CI, containers); otherwise a warning and the fallbacks.
 APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -67,6 +67,13 @@ benchmark: setup $(DATA)/test/metadata.jsonl
 
 test: setup test-system-deps .cache/sample_videos/.done .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz
 	$(PY) -m pytest tests
+
+# The code inside checkpoints/*/ is a copy of the package: refresh every .py a folder holds from modeling_stop/.
+sync-checkpoints:
+	@for copy in checkpoints/*/*.py; do \
+	  source=modeling_stop/$$(basename "$$copy"); \
+	  if [ -f "$$source" ] && ! cmp -s "$$source" "$$copy"; then cp "$$source" "$$copy" && echo "updated $$copy"; fi; \
+	done
 
 demo: setup
 	$(PY) demo/app.py

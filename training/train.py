@@ -401,9 +401,11 @@ def plot_training_curves(records: list[dict], path: Path, selection_metric: str)
 
 
 def write_model_card(output_dir, model_name: str, base_model: str | None, dataset_name: str, task: str,
-                     test_results: dict | None, config: STOPConfig, hyperparameters: dict | None = None):
+                     test_results: dict | None, config: STOPConfig, hyperparameters: dict | None = None,
+                     model_path: str | None = None):
     """`README.md` with YAML metadata (library, pipeline tag, tags, datasets, base model) and a `model-index` of the
-    test metrics (huggingface_hub `ModelCardData` / `EvalResult`)."""
+    test metrics (huggingface_hub `ModelCardData` / `EvalResult`). The snippet loads `model_path` (the Hub id or the
+    folder as given; default `model_name`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset_id = Path(dataset_name).name if Path(dataset_name).exists() else dataset_name
@@ -441,8 +443,8 @@ modules are trained ({config.variant} variant, {config.num_frames} frames, {conf
 ```python
 from transformers import AutoModel, AutoProcessor
 
-model = AutoModel.from_pretrained("{model_name}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{model_path or model_name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{model_path or model_name}", trust_remote_code=True)
 inputs = processor(text=["a red circle moving left"], videos=["clip.mp4"], padding="max_length")
 outputs = model(**inputs)  # outputs.logits_per_text [texts, videos]
 ```
@@ -796,7 +798,7 @@ def main(argv=None):
             "optimizer", "learning_rate", "weight_decay", "lr_scheduler_type", "seed")}
         hyperparameters["num_processes"] = accelerator.num_processes
         write_model_card(output_dir, model_name, args.model_name_or_path, args.dataset_name, args.task, test_results,
-                         unwrapped.config, hyperparameters)
+                         unwrapped.config, hyperparameters, model_path=args.hub_model_id or str(args.output_dir))
         plot_training_curves(metrics_log.records(), output_dir / "training_curves.png", selection_metric)
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder

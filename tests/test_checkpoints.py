@@ -1,0 +1,87 @@
+"""The embedded checkpoints: their code is the package's, their cards tell the truth, loading keeps CLIP frozen."""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from .conftest import REPO_ROOT
+
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+PACKAGE = REPO_ROOT / "modeling_stop"
+TRAINED = CHECKPOINTS / "stop-synthetic"
+
+
+def _code_copies():
+    return sorted(p for p in CHECKPOINTS.glob("*/*.py") if (PACKAGE / p.name).is_file())
+
+
+def test_code_in_checkpoint_folders_is_the_package_code():
+    copies = _code_copies()
+    assert copies, "no checkpoint folder holds a copy of the package code"
+    stale = [str(p.relative_to(REPO_ROOT)) for p in copies if p.read_bytes() != (PACKAGE / p.name).read_bytes()]
+    assert not stale, f"out of date with modeling_stop/ (run `make sync-checkpoints`): {stale}"
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_loading_the_trained_checkpoint_keeps_clip_frozen():
+    if not (TRAINED / "model.safetensors").exists():
+        pytest.skip(f"{TRAINED} not present")
+    from transformers import AutoModel
+
+    from modeling_stop import STOPConfig, STOPModel
+
+    fresh = _trainable(STOPModel(STOPConfig.from_pretrained(TRAINED)))
+    for model in (STOPModel.from_pretrained(TRAINED), AutoModel.from_pretrained(TRAINED, trust_remote_code=True)):
+        assert _trainable(model) == fresh
+        assert not any(p.requires_grad for p in model.clip.parameters())
+
+
+def _card(folder):
+    text = (folder / "README.md").read_text()
+    return text, re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_trained_checkpoint_card_names_the_folder_and_only_paths_that_exist():
+    text, snippet = _card(TRAINED)
+    assert re.search(r"^# stop-synthetic$", text, re.M)
+    assert re.search(r"^- name: stop-synthetic$", text, re.M)  # model-index
+    loads = re.findall(r'from_pretrained\("([^"]+)"', snippet)
+    assert loads and all((REPO_ROOT / path / "config.json").is_file() for path in loads), loads
+    cited = re.findall(r"`((?:checkpoints|outputs|data)/[^`]+)`", text)
+    assert cited and all((REPO_ROOT / path).exists() for path in cited), cited
+
+
+def _weights_dtype(folder) -> str:
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert len(dtypes) == 1, dtypes
+    return {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[dtypes.pop()]
+
+
+def test_dtype_statements_match_the_weights_file_and_the_config():
+    stored, loaded = _weights_dtype(TRAINED), json.loads((TRAINED / "config.json").read_text())["dtype"]
+    for document in (REPO_ROOT / "README.md", TRAINED / "README.md"):
+        text = re.sub(r"\s+", " ", document.read_text())
+        assert re.findall(r"stored in (\w+)", text) == [stored], document
+        assert re.findall(r"load(?:s|ed)? in (\w+)", text) == [loaded], document
+    from modeling_stop import STOPModel
+
+    assert STOPModel.from_pretrained(TRAINED).dtype == getattr(torch, loaded)
+
+
+def test_model_card_snippet_loads_the_folder_it_was_written_for(tmp_path):
+    from tests.tiny import stop_config
+    from training.train import write_model_card
+
+    output_dir = tmp_path / "runs" / "stop-tiny"
+    output_dir.mkdir(parents=True)
+    write_model_card(output_dir, "stop-tiny", "openai/clip-vit-base-patch32", "synthetic", "retrieval", {},
+                     stop_config(), model_path=str(output_dir))
+    _, snippet = _card(output_dir)
+    assert re.findall(r'from_pretrained\("([^"]+)"', snippet) == [str(output_dir)] * 2
