@@ -1,5 +1,7 @@
 """STOP model configuration."""
 
+import numbers
+
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 
@@ -213,7 +215,7 @@ class STOPConfig(PretrainedConfig):
         }
         for name, (minimum, reason) in minimums.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise ValueError(f"STOPConfig.{name} must be an integer >= {minimum} ({reason}), got {value!r}")
         if self.num_text_prompts % 2:
             raise ValueError(f"STOPConfig.num_text_prompts must be even (prefix + postfix), got {self.num_text_prompts}")

@@ -631,7 +631,6 @@ def copy_referenced_code(config: STOPConfig, folder: str | os.PathLike) -> list[
     return copied
 
 
-
 class STOPPreTrainedModel(PreTrainedModel):
     config_class = STOPConfig
     config: STOPConfig

@@ -26,6 +26,7 @@ Videos are anything the processor reads: a path, the bytes of a file, a uint8 ar
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from pathlib import Path
@@ -41,9 +42,9 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def _check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer (labels to return), got {top_k!r}")
-    return top_k
+    return int(top_k)
 
 
 def _parse_labels(candidate_labels) -> list[str]:

@@ -1,5 +1,6 @@
 """Processor for STOP: CLIP's tokenizer for the text, a plain-torch video processor for the frames."""
 
+import numbers
 import os
 from typing import TypedDict
 
@@ -28,9 +29,9 @@ VIDEO_SETTINGS = ("num_frames", "size", "mean", "std", "target_fps")
 
 
 def _check_num_frames(num_frames) -> int:
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer (frames per video), got {num_frames!r}")
-    return num_frames
+    return int(num_frames)
 
 
 class STOPVideoProcessor(VideoProcessorMixin):

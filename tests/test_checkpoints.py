@@ -44,13 +44,13 @@ def test_loading_the_trained_checkpoint_keeps_clip_frozen():
 
 def _card(folder):
     text = (folder / "README.md").read_text()
-    return text, re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    return text, re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
 
 
 def test_trained_checkpoint_card_names_the_folder_and_only_paths_that_exist():
     text, snippet = _card(TRAINED)
-    assert re.search(r"^# stop-synthetic$", text, re.M)
-    assert re.search(r"^- name: stop-synthetic$", text, re.M)  # model-index
+    assert re.search(r"^# stop-synthetic$", text, re.MULTILINE)
+    assert re.search(r"^- name: stop-synthetic$", text, re.MULTILINE)  # model-index
     loads = re.findall(r'from_pretrained\("([^"]+)"', snippet)
     assert loads and all((REPO_ROOT / path / "config.json").is_file() for path in loads), loads
     cited = re.findall(r"`((?:checkpoints|outputs|data)/[^`]+)`", text)
@@ -59,7 +59,7 @@ def test_trained_checkpoint_card_names_the_folder_and_only_paths_that_exist():
 
 def _weights_dtype(folder) -> str:
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     assert len(dtypes) == 1, dtypes
     return {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}[dtypes.pop()]
 

@@ -251,7 +251,10 @@ def test_clip_loss_is_symmetric_and_contrastive_loss_is_one_direction():
 
     logits = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.0, 0.0], [3.0, 0.0, 0.0]])
     target = torch.arange(3)
-    ce = lambda x: -(x.log_softmax(-1)[target, target]).mean()  # noqa: E731
+
+    def ce(x):
+        return -(x.log_softmax(-1)[target, target]).mean()
+
     torch.testing.assert_close(contrastive_loss(logits), ce(logits))
     torch.testing.assert_close(clip_loss(logits), (ce(logits) + ce(logits.t())) / 2)
     assert not torch.allclose(contrastive_loss(logits), clip_loss(logits))

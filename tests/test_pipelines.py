@@ -312,7 +312,8 @@ def test_save_pretrained_alone_writes_folders_whose_pipelines_work_in_a_fresh_pr
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     args = [str(saved["stop"]), str(saved["resaved"]), str(saved["classifier"]), videos[0], json.dumps(LABELS), str(out)]
     run = subprocess.run(
-        [sys.executable, "-c", SAVE_PRETRAINED_SCRIPT, *args], env=env, cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", SAVE_PRETRAINED_SCRIPT, *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
