@@ -1,5 +1,7 @@
 """STOP model configuration."""
 
+import numbers
+
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 
@@ -199,8 +201,30 @@ class STOPConfig(PretrainedConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"STOPConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        # Counts and sizes that must be positive, with the fix the error names.
+        minimums = {
+            "num_frames": (1, "a video needs at least one frame"),
+            "max_frames": (1, "the frame position tables need at least one row"),
+            "num_global_prompts": (1, "the video feature is read at global prompt 0"),
+            "num_local_prompts": (1, "every frame gets at least one local prompt"),
+            "num_text_prompts": (2, "one prefix and one postfix prompt at least"),
+            "max_inserted_tokens": (1, "each gap between frames may take at least one prompt token"),
+            "adapter_dim": (1, "the adapter bottleneck needs a width"),
+            "temporal_head_layers": (1, "the temporal head needs a layer"),
+            "max_words": (2, "the start and end tokens"),
+        }
+        for name, (minimum, reason) in minimums.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"STOPConfig.{name} must be an integer >= {minimum} ({reason}), got {value!r}")
         if self.num_text_prompts % 2:
             raise ValueError(f"STOPConfig.num_text_prompts must be even (prefix + postfix), got {self.num_text_prompts}")
+        text_positions = self.text_config.max_position_embeddings
+        if self.max_words > text_positions:
+            raise ValueError(
+                f"STOPConfig.max_words ({self.max_words}) exceeds the text tower's positions "
+                f"(text_config.max_position_embeddings = {text_positions}): set max_words <= {text_positions}"
+            )
         if not self.use_dgl_prompts and (self.use_spatial_prompt or self.use_temporal_prompt):
             raise ValueError(
                 "STOPConfig: use_dgl_prompts=False is the frozen-CLIP baseline; set use_spatial_prompt=False and "
@@ -209,7 +233,10 @@ class STOPConfig(PretrainedConfig):
         if not 0.0 <= self.attention_alpha <= 1.0:
             raise ValueError(f"STOPConfig.attention_alpha must be in [0, 1], got {self.attention_alpha}")
         if self.num_frames > self.max_frames:
-            raise ValueError(f"STOPConfig.num_frames ({self.num_frames}) exceeds max_frames ({self.max_frames})")
+            raise ValueError(
+                f"STOPConfig.num_frames ({self.num_frames}) exceeds max_frames ({self.max_frames}): set "
+                f"max_frames >= {self.num_frames} or sample fewer frames"
+            )
         if self.grid_size * self.patch_size != self.image_size:
             raise ValueError(
                 f"STOPConfig: vision_config.image_size ({self.image_size}) must be a multiple of patch_size "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -87,10 +88,53 @@ class STOPTemporalPrompts(ModelOutput):
     inserted_tokens: torch.LongTensor | None = None
 
 
-def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE: (CE(sim, diag) + CE(sim.T, diag)) / 2 over a square similarity matrix."""
-    target = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
-    return (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.t(), target)) / 2
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """One direction of InfoNCE, as transformers' CLIP: cross-entropy of row i against column i."""
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def clip_loss(similarity: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (transformers' `clip_loss`): (CE(sim, diag) + CE(sim.T, diag)) / 2 over a square
+    similarity matrix."""
+    return (contrastive_loss(similarity) + contrastive_loss(similarity.t())) / 2
+
+
+def check_video_inputs(values: torch.Tensor, video_mask: torch.Tensor | None, max_frames: int, name: str) -> None:
+    """Reject what would otherwise flow on silently: more frames than the position tables hold, a `video_mask` of
+    the wrong shape or with values other than 0/1, a video whose every frame is padding, non-finite values. Errors
+    name the video (its index in the batch)."""
+    batch, frames = values.shape[:2]
+    if frames > max_frames:
+        raise ValueError(
+            f"{name} has {frames} frames per video but STOPConfig.max_frames is {max_frames} (the size of the frame "
+            f"position tables): sample at most {max_frames} frames (processor num_frames) or build the model with "
+            f"max_frames >= {frames}"
+        )
+    if video_mask is not None:
+        if tuple(video_mask.shape) != (batch, frames):
+            raise ValueError(
+                f"video_mask must be [batch, frames] = {(batch, frames)} to match {name} of shape "
+                f"{tuple(values.shape)}, got {tuple(video_mask.shape)}"
+            )
+        if video_mask.dtype != torch.bool and bool(((video_mask != 0) & (video_mask != 1)).any()):
+            raise ValueError("video_mask must hold 1 (real frame) or 0 (padding) only")
+        empty = ~video_mask.bool().any(dim=-1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"video_mask marks every frame of video {_indices(empty)} (index in the batch) as padding: a video "
+                "needs at least one real frame; drop it from the batch or fix its mask"
+            )
+    if values.is_floating_point():
+        bad = ~torch.isfinite(values).flatten(1).all(dim=-1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} of video {_indices(bad)} (index in the batch) contain NaN or infinite values; check how "
+                "those frames were decoded and normalised"
+            )
+
+
+def _indices(flags: torch.Tensor) -> str:
+    return ", ".join(str(i) for i in flags.nonzero().flatten().tolist())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -563,6 +607,30 @@ def masked_mean(frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def copy_referenced_code(config: STOPConfig, folder: str | os.PathLike) -> list[str]:
+    """Copy into `folder` every module of this package that `config` names (`auto_map`, `custom_pipelines`), with the
+    files it imports relatively. Returns the files copied."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    references = list((getattr(config, "auto_map", None) or {}).values())
+    references += [entry.get("impl", "") for entry in (getattr(config, "custom_pipelines", None) or {}).values()]
+    copied = []
+    for reference in references:
+        for name in reference if isinstance(reference, (list, tuple)) else [reference]:
+            if not name or "--" in name:  # empty, or code in another Hub repository
+                continue
+            source = os.path.join(package, name.split(".")[0] + ".py")
+            if not os.path.isfile(source):
+                continue
+            for path in [source, *get_relative_import_files(source)]:
+                target = os.path.join(folder, os.path.basename(path))
+                if not (os.path.isfile(target) and os.path.samefile(path, target)):
+                    shutil.copyfile(path, target)
+                    copied.append(target)
+    return copied
+
+
 class STOPPreTrainedModel(PreTrainedModel):
     config_class = STOPConfig
     config: STOPConfig
@@ -571,6 +639,36 @@ class STOPPreTrainedModel(PreTrainedModel):
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = False
     _no_split_modules = ["CLIPEncoderLayer"]
+
+    def freeze_backbone(self) -> None:
+        """Freeze what a STOP model never trains: the CLIP of every [`STOPModel`] in this model. Called when a model
+        is built and again after `from_pretrained` (loading creates the parameters anew, trainable)."""
+        for module in self.modules():
+            if isinstance(module, STOPModel):
+                module.clip.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbone()
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus what the folder's config references: the STOP pipelines
+        (`custom_pipelines` and `pipelines.py`), so the folder serves them in a fresh process (with its processor
+        saved beside it)."""
+        from .pipelines import pipelines_for
+
+        self.config.custom_pipelines = pipelines_for([self.__class__.__name__])
+        if push_to_hub:  # `push_to_hub` saves through this method into a temporary folder, then uploads all of it
+            hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "create_pr", "token", "private") if k in kwargs}
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.save_pretrained(save_directory, *args, **kwargs)
+            return self.push_to_hub(repo_id, **hub_kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
+            copy_referenced_code(self.config, save_directory)
+        return result
 
     def _init_weights(self, module):
         # Children are initialised before their parents, so a parent may override its children's defaults.
@@ -613,7 +711,7 @@ class STOPModel(STOPPreTrainedModel):
     def __init__(self, config: STOPConfig):
         super().__init__(config)
         self.clip = CLIPModel._from_config(config.to_clip_config())
-        self.clip.requires_grad_(False)
+        self.clip.requires_grad_(False)  # frozen; `from_pretrained` freezes it again after loading
         vision, text = config.vision_config, config.text_config
         if config.prompt_layers < max(vision.num_hidden_layers, text.num_hidden_layers):
             raise ValueError(
@@ -676,13 +774,13 @@ class STOPModel(STOPPreTrainedModel):
         """Projected, unnormalised text features [N, E]. As in the released code, padding is handled by the causal
         mask alone (`attention_mask` is accepted for API compatibility and not used)."""
         text_model = self.clip.text_model
-        hidden = text_model.embeddings(input_ids=input_ids)
         eot = self._eot_positions(input_ids)
         if self.prompt_generator is None:
             hidden = text_model(input_ids=input_ids).last_hidden_state
         else:
             text_prompts, _ = self._prompts(self.config.num_frames)
             half = self.config.num_text_prompts // 2
+            hidden = text_model.embeddings(input_ids=input_ids)
             hidden = self._with_text_prompts(hidden, text_prompts[0], words=slice(1, None))
             for i, layer in enumerate(text_model.encoder.layers):
                 if i > 0:  # deep prompts: overwrite the prompt positions with layer i's prompts
@@ -709,6 +807,7 @@ class STOPModel(STOPPreTrainedModel):
         """Video tower with diagnostics; `get_video_features` returns only the features."""
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}")
+        check_video_inputs(pixel_values, video_mask, self.config.max_frames, "pixel_values")
         b, t = pixel_values.shape[:2]
         if video_mask is None:
             video_mask = torch.ones(b, t, dtype=torch.long, device=pixel_values.device)
@@ -796,18 +895,23 @@ class STOPModel(STOPPreTrainedModel):
         video_mask: torch.Tensor | None = None,
         return_loss: bool = False,
         frame_features: torch.Tensor | None = None,
-        **kwargs,
+        frame_indices: torch.Tensor | None = None,
     ) -> STOPOutput:
         r"""
         frame_features (`torch.FloatTensor` of shape `(batch, frames, projection_dim)`, *optional*): cached
             `get_frame_features` output used instead of `pixel_values` when `uses_frozen_frame_features` (the
             training fast path: the frozen backbone runs once per video, not once per step).
+        frame_indices (`torch.LongTensor` of shape `(batch, frames)`, *optional*): the processor's
+            `return_frame_indices=True` output; accepted so that `model(**processor(...))` works, not used.
         """
         text_embeds = video_embeds = logits_per_text = logits_per_video = loss = None
         encoding = STOPVideoEncoding()
         if frame_features is not None:
             if not self.uses_frozen_frame_features:
                 raise ValueError("frame_features can stand in for pixel_values only when no prompt enters the backbone")
+            if frame_features.dim() != 3:
+                raise ValueError(f"frame_features must be [batch, frames, projection_dim], got {tuple(frame_features.shape)}")
+            check_video_inputs(frame_features, video_mask, self.config.max_frames, "frame_features")
             video_embeds = F.normalize(self.pool_frame_features(frame_features, video_mask), dim=-1)
         elif pixel_values is not None:
             encoding = self.encode_video(pixel_values, video_mask)
@@ -823,7 +927,7 @@ class STOPModel(STOPPreTrainedModel):
                         "return_loss=True pairs text i with video i: got "
                         f"{logits_per_text.shape[0]} texts for {logits_per_text.shape[1]} videos"
                     )
-                loss = contrastive_loss(logits_per_text)
+                loss = clip_loss(logits_per_text)
         elif return_loss:
             raise ValueError("return_loss=True needs both input_ids and pixel_values")
         return STOPOutput(
@@ -842,4 +946,4 @@ class STOPModel(STOPPreTrainedModel):
 STOPConfig.register_for_auto_class()
 STOPModel.register_for_auto_class("AutoModel")
 
-__all__ = ["STOPModel", "STOPPreTrainedModel", "STOPOutput", "contrastive_loss"]
+__all__ = ["STOPModel", "STOPPreTrainedModel", "STOPOutput", "clip_loss", "contrastive_loss"]

@@ -6,12 +6,13 @@
   an image processor, and it reads the *first* `num_frames` frames of the video, where STOP was trained on
   frames spread over the whole video (the processor's sampling).
 - `"zero-shot-video-classification"` ([`STOPZeroShotVideoClassificationPipeline`], any STOP folder):
-  `pipe(video, candidate_labels=[...], hypothesis_template="a video of {}")` -> `[{"score", "label"}, ...]`,
-  softmax over the candidates, best first, as the zero-shot image pipeline.
+  `pipe(video, candidate_labels=[...], hypothesis_template="a video of {}", top_k=None)` ->
+  `[{"score", "label"}, ...]`, softmax over the candidates, best first, as the zero-shot image pipeline
+  (`candidate_labels` may also be one comma-separated string).
 
-A folder gets them through `custom_pipelines` in its `config.json` plus a copy of this file;
-[`register_pipelines`] adds both to a saved folder, [`save_with_pipelines`] saves a model and its processor
-with them, and `STOPForVideoClassification.save_pretrained` writes them by itself. Then, offline:
+A folder gets them through `custom_pipelines` in its `config.json` plus a copy of this file: the
+`save_pretrained` of every STOP model writes both; [`register_pipelines`] adds them to a folder saved otherwise
+and [`save_with_pipelines`] saves a model and its processor together. Then, offline:
 
 ```python
 >>> pipe = pipeline("zero-shot-video-classification", model=folder, trust_remote_code=True)
@@ -25,6 +26,7 @@ Videos are anything the processor reads: a path, the bytes of a file, a uint8 ar
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +39,19 @@ CLASSIFICATION_TASK = "video-classification"
 DEFAULT_HYPOTHESIS_TEMPLATE = "a video of {}"
 # What `pipeline()` loads for these pipelines: the STOP processor (tokenizer + video preprocessing), nothing else.
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer (labels to return), got {top_k!r}")
+    return int(top_k)
+
+
+def _parse_labels(candidate_labels) -> list[str]:
+    """A list of labels, or one string of comma-separated labels (as transformers' zero-shot pipelines)."""
+    if isinstance(candidate_labels, str):
+        candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
+    return list(candidate_labels or [])
 
 
 class _STOPPipeline(Pipeline):
@@ -73,7 +88,7 @@ class STOPVideoClassificationPipeline(_STOPPipeline):
         preprocess_params = {} if sampling is None else {"sampling": sampling}
         postprocess_params = {}
         if top_k is not None:
-            postprocess_params["top_k"] = top_k
+            postprocess_params["top_k"] = _check_top_k(top_k)
         if function_to_apply is not None:
             if function_to_apply not in ("softmax", "sigmoid", "none"):
                 raise ValueError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {function_to_apply!r}")
@@ -103,7 +118,8 @@ class STOPZeroShotVideoClassificationPipeline(_STOPPipeline):
     """
     Zero-shot classification of a video over `candidate_labels`, each rendered through `hypothesis_template`
     (default `"a video of {}"`; pass `"{}"` for labels that are already sentences). Scores are the softmax of the
-    scaled cosine similarities, as the zero-shot image pipeline. Also takes `sampling` (`"uniform"` or `"random"`).
+    scaled cosine similarities, as the zero-shot image pipeline. `candidate_labels` is a list or one string of
+    comma-separated labels (`"running, swimming"`); `top_k` keeps the best k; `sampling` is `"uniform"` or `"random"`.
     """
 
     def __call__(self, video, candidate_labels=None, **kwargs):
@@ -111,19 +127,19 @@ class STOPZeroShotVideoClassificationPipeline(_STOPPipeline):
             raise ValueError(f"Cannot call the {ZERO_SHOT_TASK} pipeline without a video")
         return super().__call__(video, candidate_labels=candidate_labels, **kwargs)
 
-    def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, sampling=None):
+    def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, sampling=None, top_k=None):
         preprocess_params = {"candidate_labels": candidate_labels}
         if hypothesis_template is not None:
             preprocess_params["hypothesis_template"] = hypothesis_template
         if sampling is not None:
             preprocess_params["sampling"] = sampling
-        return preprocess_params, {}, {}
+        postprocess_params = {} if top_k is None else {"top_k": _check_top_k(top_k)}
+        return preprocess_params, {}, postprocess_params
 
     def preprocess(
         self, video, candidate_labels=None, hypothesis_template=DEFAULT_HYPOTHESIS_TEMPLATE, sampling="uniform"
     ):
-        if isinstance(candidate_labels, str):
-            candidate_labels = [candidate_labels]
+        candidate_labels = _parse_labels(candidate_labels)
         if not candidate_labels:
             raise ValueError(f"The {ZERO_SHOT_TASK} pipeline needs candidate_labels=[...] (at least one label)")
         if "{}" not in hypothesis_template:
@@ -145,10 +161,10 @@ class STOPZeroShotVideoClassificationPipeline(_STOPPipeline):
         )
         return {"candidate_labels": candidate_labels, "logits": outputs.logits_per_video}
 
-    def postprocess(self, model_outputs):
+    def postprocess(self, model_outputs, top_k=None):
         scores = model_outputs["logits"][0].float().softmax(-1).tolist()
         ranked = sorted(zip(scores, model_outputs["candidate_labels"]), key=lambda pair: -pair[0])
-        return [{"score": score, "label": label} for score, label in ranked]
+        return [{"score": score, "label": label} for score, label in ranked[:top_k]]
 
 
 # ----------------------------------------------------------------------------------------------------------

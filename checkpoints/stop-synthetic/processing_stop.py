@@ -1,5 +1,6 @@
 """Processor for STOP: CLIP's tokenizer for the text, a plain-torch video processor for the frames."""
 
+import numbers
 import os
 from typing import TypedDict
 
@@ -21,6 +22,16 @@ class STOPVideoProcessorKwargs(TypedDict, total=False):
     mean: list[float]
     std: list[float]
     target_fps: float | None
+
+
+# Settings of the video processor that `STOPProcessor.from_pretrained(folder, num_frames=16)` overrides.
+VIDEO_SETTINGS = ("num_frames", "size", "mean", "std", "target_fps")
+
+
+def _check_num_frames(num_frames) -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer (frames per video), got {num_frames!r}")
+    return int(num_frames)
 
 
 class STOPVideoProcessor(VideoProcessorMixin):
@@ -75,6 +86,7 @@ class STOPVideoProcessor(VideoProcessorMixin):
         backend: str | None = None,
         return_frame_indices: bool = False,
         return_tensors: str | None = "pt",
+        num_frames: int | None = None,
     ) -> BatchFeature:
         """
         Args:
@@ -85,6 +97,7 @@ class STOPVideoProcessor(VideoProcessorMixin):
             backend: decoding backend (`"torchcodec"`, `"pyav"`), see `read_video_frames`.
             return_frame_indices: also return `frame_indices` `[B, num_frames]` (source frame of each
                 frame, -1 for padding).
+            num_frames: frames per video for this call (default: the processor's `num_frames`).
 
         Returns:
             [`BatchFeature`] with `pixel_values` float32 `[B, num_frames, 3, size, size]` and `video_mask`
@@ -96,14 +109,15 @@ class STOPVideoProcessor(VideoProcessorMixin):
             videos = list(videos) if getattr(videos, "ndim", 0) == 5 else [videos]
         if len(videos) == 0:
             raise ValueError("STOPVideoProcessor got an empty list of videos")
+        num_frames = self.num_frames if num_frames is None else _check_num_frames(num_frames)
 
-        pixel_values = torch.zeros(len(videos), self.num_frames, 3, self.size, self.size)
-        video_mask = torch.zeros(len(videos), self.num_frames, dtype=torch.long)
-        frame_indices = torch.full((len(videos), self.num_frames), -1, dtype=torch.long)
+        pixel_values = torch.zeros(len(videos), num_frames, 3, self.size, self.size)
+        video_mask = torch.zeros(len(videos), num_frames, dtype=torch.long)
+        frame_indices = torch.full((len(videos), num_frames), -1, dtype=torch.long)
         for b, video in enumerate(videos):
             frames, indices = read_video_frames(
                 video,
-                self.num_frames,
+                num_frames,
                 sampling=sampling,
                 target_fps=self.target_fps,
                 generator=generator,
@@ -132,6 +146,16 @@ class STOPVideoProcessor(VideoProcessorMixin):
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (pixels - mean) / std
+
+    def with_settings(self, **settings) -> "STOPVideoProcessor":
+        """A copy with some of `num_frames`, `size`, `mean`, `std`, `target_fps` changed (validated as in `__init__`)."""
+        unknown = set(settings) - set(VIDEO_SETTINGS)
+        if unknown:
+            raise TypeError(f"STOPVideoProcessor settings are {VIDEO_SETTINGS}, got {sorted(unknown)}")
+        if "num_frames" in settings:
+            _check_num_frames(settings["num_frames"])
+        config = {k: v for k, v in self.to_dict().items() if k != "video_processor_type"}
+        return type(self)(**{**config, **settings})
 
     def to_dict(self) -> dict:
         return {
@@ -176,8 +200,8 @@ class STOPProcessor(ProcessorMixin):
             return_tensors: `"pt"` (default), `"np"` or None.
             padding: `True` pads to the longest text, `"max_length"` to exactly `max_words` tokens.
             sampling: `"uniform"` or `"random"` frame sampling.
-            kwargs: `generator`, `backend` and `return_frame_indices` go to the video processor, the
-                rest to the tokenizer.
+            kwargs: `num_frames` (frames per video for this call), `generator`, `backend` and
+                `return_frame_indices` go to the video processor, the rest to the tokenizer.
 
         Returns:
             [`BatchFeature`] with `input_ids` and `attention_mask` `[N, L]` (L <= max_words) when `text` is
@@ -185,7 +209,9 @@ class STOPProcessor(ProcessorMixin):
         """
         if text is None and videos is None:
             raise ValueError("STOPProcessor needs `text`, `videos` or both")
-        video_kwargs = {k: kwargs.pop(k) for k in ("generator", "backend", "return_frame_indices") if k in kwargs}
+        video_kwargs = {
+            k: kwargs.pop(k) for k in ("num_frames", "generator", "backend", "return_frame_indices") if k in kwargs
+        }
         data = {}
         if text is not None:
             data.update(
@@ -209,6 +235,18 @@ class STOPProcessor(ProcessorMixin):
                 raise TypeError(f"STOPProcessor needs a STOPVideoProcessor, got {type(argument).__name__}")
             return STOPVideoProcessor
         return super().check_argument_for_proper_class(argument_name, argument)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "STOPProcessor":
+        """`ProcessorMixin.from_pretrained`; video settings given as keyword arguments (`num_frames`, `size`,
+        `mean`, `std`, `target_fps`) override the saved ones, as `max_words` does."""
+        overrides = {k: kwargs.pop(k) for k in VIDEO_SETTINGS if k in kwargs}
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if isinstance(processor, tuple):  # return_unused_kwargs=True
+            processor[0].video_processor = processor[0].video_processor.with_settings(**overrides)
+        else:
+            processor.video_processor = processor.video_processor.with_settings(**overrides)
+        return processor
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
