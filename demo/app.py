@@ -10,8 +10,6 @@ repository's `checkpoints/stop-synthetic` when this folder sits in the repositor
 (kept for their session only, in a bounded cache that expires). Without gallery clips the demo serves uploads.
 """
 
-from __future__ import annotations
-
 import argparse
 import html
 import logging
@@ -203,8 +201,11 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
         gallery_text = ("**No gallery clips** came with this model (no `gallery/` or `examples/` folder, and no "
                         "`--gallery`): search covers the videos you add.")
 
-    def session_of(request: gr.Request | None) -> str:
-        return getattr(request, "session_hash", None) or "anonymous"
+    # Annotated with the class itself (this module has no postponed annotations): gradio injects the request.
+    def session_of(request: gr.Request) -> str:
+        if request is None or not request.session_hash:
+            raise backend_module.DemoInputError("This endpoint needs a session (call it through gradio_client).")
+        return request.session_hash
 
     def choices(session):
         all_videos = [*videos, *(u.video for u in backend.session_uploads(session))]

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,8 +277,11 @@ class DemoBackend:
 
     # -------------------------------------------------------------------------------------------- videos
     def _analyse(self, path) -> VideoAnalysis:
+        start = time.perf_counter()
+        analysis = analyse_video(self.model, self.processor, path)
         self.forward_passes += 1
-        return analyse_video(self.model, self.processor, path)
+        logger.info(f"analysed {Path(path).name} in {time.perf_counter() - start:.2f}s")
+        return analysis
 
     def _embed_gallery(self, cache_dir) -> torch.Tensor:
         if not self.videos:
