@@ -35,7 +35,7 @@ def default_model() -> str | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=default_model(), help="STOP model folder or Hub id (default: %(default)s)")
+    parser.add_argument("--model", default=default_model(), help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)")
     parser.add_argument("--gallery", "--gallery_dir", dest="gallery", default=os.environ.get("STOP_DEMO_GALLERY"),
                         help="folder of videos or Hub dataset id (default: the model's gallery/ or examples/ folder)")
     parser.add_argument("--max_gallery", type=int, default=200, help="at most this many gallery videos")
@@ -165,6 +165,10 @@ def _user_errors(fn, gr, errors):
     return wrapper
 
 
+def _slider_maximum(gallery_size: int) -> int:
+    return max(gallery_size, 2)  # a slider needs maximum > minimum (1); a search never returns more than there are
+
+
 def create_backend(model_id: str, gallery=None, cache_dir=DEFAULT_CACHE, limits=None, max_gallery=200, **kwargs):
     backend, _, gallery_module = _modules()
     model, processor = backend.load_model(str(model_id))
@@ -223,7 +227,7 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
         session = session_of(request)
         status = backend.add_video(path, session)
         size = backend.gallery_size(session)
-        return status, gr.update(choices=choices(session)), gr.update(maximum=max(size, 1))
+        return status, gr.update(choices=choices(session)), gr.update(maximum=_slider_maximum(size))
 
     def recognize(path, labels):
         return backend.recognize(path, labels)
@@ -250,7 +254,7 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
             gr.Markdown("Describe a video; the gallery is ranked by cosine similarity to your text.")
             with gr.Row():
                 query = gr.Textbox(label="Query", placeholder="a red circle moving left", scale=4)
-                top_k = gr.Slider(1, max(len(videos), 1), value=min(4, max(len(videos), 1)), step=1,
+                top_k = gr.Slider(1, _slider_maximum(len(videos)), value=min(4, max(len(videos), 1)), step=1,
                                   label="Results", scale=1)
             search_button = gr.Button("Search", variant="primary")
             results = gr.Gallery(label="Best matches", columns=4, height="auto")

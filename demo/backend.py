@@ -290,7 +290,9 @@ class DemoBackend:
         known = store.load() if store else {}
         missing = [v for v in self.videos if v.sha256 not in known]
         for video in missing:
-            known[video.sha256] = self._analyse(video.path).embedding
+            analysis = self._analyse(video.path)
+            self.analyses.put(video.sha256, analysis)
+            known[video.sha256] = analysis.embedding
         if store and missing:
             store.save(known)
         return torch.stack([known[v.sha256] for v in self.videos])
