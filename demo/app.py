@@ -35,7 +35,8 @@ def default_model() -> str | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=default_model(), help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)")
+    parser.add_argument("--model", default=default_model(),
+                        help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)")
     parser.add_argument("--gallery", "--gallery_dir", dest="gallery", default=os.environ.get("STOP_DEMO_GALLERY"),
                         help="folder of videos or Hub dataset id (default: the model's gallery/ or examples/ folder)")
     parser.add_argument("--max_gallery", type=int, default=200, help="at most this many gallery videos")
@@ -247,7 +248,8 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
         gr.Markdown(
             "# STOP: prompting a frozen CLIP for video\n"
             "Spatial-temporal dynamic prompts (CVPR 2025) over a frozen `transformers` CLIP. "
-            f"**Model:** `{config._name_or_path}` · variant `{getattr(config, 'variant', '?')}` · {num_frames} frames · "
+            f"**Model:** `{config._name_or_path}` · variant `{getattr(config, 'variant', '?')}` · "
+            f"{num_frames} frames · "
             + gallery_text
         )
         with gr.Tab(TAB_NAMES[0]):

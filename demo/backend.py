@@ -22,11 +22,27 @@ import torch
 import torch.nn.functional as F
 
 if __package__:
-    from .gallery import BoundedCache, GalleryEmbeddings, GalleryVideo, VideoCheckError, VideoLimits, check_video
-    from .gallery import file_sha256, is_local_path
+    from .gallery import (
+        BoundedCache,
+        GalleryEmbeddings,
+        GalleryVideo,
+        VideoCheckError,
+        VideoLimits,
+        check_video,
+        file_sha256,
+        is_local_path,
+    )
 else:  # app.py run as a script, beside this file
-    from gallery import BoundedCache, GalleryEmbeddings, GalleryVideo, VideoCheckError, VideoLimits, check_video
-    from gallery import file_sha256, is_local_path
+    from gallery import (
+        BoundedCache,
+        GalleryEmbeddings,
+        GalleryVideo,
+        VideoCheckError,
+        VideoLimits,
+        check_video,
+        file_sha256,
+        is_local_path,
+    )
 
 logger = logging.getLogger("stop-demo")
 
@@ -199,13 +215,14 @@ def analyse_video(model, processor, path) -> VideoAnalysis:
         video_mask = torch.ones(pixel_values.shape[:2], dtype=torch.long)
     parameter = next(model.parameters())
     with torch.inference_mode():
-        outputs = model(pixel_values=pixel_values.to(parameter.device, parameter.dtype), video_mask=video_mask.to(parameter.device))
+        pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+        outputs = model(pixel_values=pixel_values, video_mask=video_mask.to(parameter.device))
     valid = video_mask[0].bool()
     num_valid = int(valid.sum())
     source = inputs["frame_indices"][0][valid].tolist() if "frame_indices" in inputs else list(range(num_valid))
     return VideoAnalysis(
         embedding=F.normalize(outputs.video_embeds.float().cpu(), dim=-1)[0],
-        frames=to_uint8(processor, pixel_values[0][valid]),
+        frames=to_uint8(processor, pixel_values[0].cpu()[valid.cpu()]),
         source_frames=[int(s) for s in source],
         diagnostics=collect_diagnostics(outputs, pixel_values.shape[1], num_valid),
         layout=region_layout(model, outputs),
@@ -336,7 +353,8 @@ class DemoBackend:
         uploads = uploads + (upload,)
         note = ""
         if len(uploads) > self.max_uploads:
-            note = f" Your oldest upload, {uploads[0].video.name}, was removed (at most {self.max_uploads} per session)."
+            oldest = uploads[0].video.name
+            note = f" Your oldest upload, {oldest}, was removed (at most {self.max_uploads} per session)."
             uploads = uploads[-self.max_uploads :]
         self.uploads.put(session, uploads)
         return f"Added **{video.name}**: the gallery now holds {len(self.videos) + len(uploads)} videos.{note}"

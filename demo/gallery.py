@@ -72,7 +72,7 @@ def find_gallery(model: str, gallery: str | None = None) -> Path | None:
         if is_local_path(gallery):
             folder = Path(gallery).expanduser()
             if not folder.is_dir():
-                raise SystemExit(f"Gallery folder {gallery} does not exist: pass a folder of videos or a Hub dataset id.")
+                raise SystemExit(f"Gallery folder {gallery} does not exist: pass a folder of videos or a dataset id.")
             return folder
         return _hub_folder(gallery, repo_type="dataset", patterns=None)
     if is_local_path(model):
@@ -169,7 +169,9 @@ def check_video(path, limits: VideoLimits) -> dict:
     path = Path(path)
     size_mb = path.stat().st_size / 1e6
     if size_mb > limits.max_upload_mb:
-        raise VideoCheckError(f"{path.name} is {size_mb:.1f} MB; this demo takes videos up to {limits.max_upload_mb:g} MB.")
+        raise VideoCheckError(
+            f"{path.name} is {size_mb:.1f} MB; this demo takes videos up to {limits.max_upload_mb:g} MB."
+        )
     try:
         with av.open(str(path)) as container:
             demuxer = container.format.name
@@ -223,7 +225,9 @@ def _check_header(name: str, info: dict, limits: VideoLimits) -> None:
 
 
 def _too_many_frames(name: str, frames, limit: int) -> str:
-    return f"{name} has {frames} frames; this demo takes videos of up to {limit} frames. Trim it or lower its frame rate."
+    return (
+        f"{name} has {frames} frames; this demo takes videos of up to {limit} frames. Trim it or lower its frame rate."
+    )
 
 
 def _count_packets(container, stream, name: str, limit: int) -> int:

@@ -18,7 +18,6 @@ import torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from demo import backend as demo_backend
 from demo.app import build_demo, render_explanation
 from demo.backend import DemoBackend, DemoInputError, VideoAnalysis, collect_diagnostics
 from demo.drawing import overlay_regions
@@ -105,8 +104,10 @@ def test_uploads_live_per_session_and_never_rewrite_the_gallery_cache(backend, c
     assert "oldest upload, 00000a.mp4, was removed (at most 2 per session)" in status
     assert [u.video.path for u in backend.session_uploads("session-1")] == [str(p) for p in uploads[1:3]]
     assert backend.gallery_size("session-1") == 6 and backend.gallery_size("session-2") == 4
-    assert backend.add_video(str(uploads[2]), "session-1").endswith("is already in your gallery; it was not added again.")
-    assert backend.add_video(str(clips / "00001a.mp4"), "session-2").endswith("already in the gallery; it was not added again.")
+    again = backend.add_video(str(uploads[2]), "session-1")
+    assert again == f"**{uploads[2].name}** is already in your gallery; it was not added again."
+    gallery_clip = backend.add_video(str(clips / "00001a.mp4"), "session-2")
+    assert gallery_clip == "**00001a.mp4** is already in the gallery; it was not added again."
     assert cache_file.read_bytes() == written
 
 
