@@ -175,6 +175,13 @@ def test_the_results_slider_spans_the_gallery(server):
     assert slider["props"]["maximum"] == 12
 
 
+def test_labels_go_through_the_template_of_the_models_zero_shot_pipeline(server):
+    with urllib.request.urlopen(server.url + "config", timeout=10) as response:
+        config = json.loads(response.read())
+    texts = [c["props"].get("value") or "" for c in config["components"] if c.get("type") == "markdown"]
+    assert any("each label becomes the text “a video of label”" in text for text in texts)  # pipelines.py default
+
+
 def test_zero_results_is_a_clear_error_without_a_traceback(server, client):
     with pytest.raises(AppError, match="The number of results must be a whole number of at least 1, got 0"):
         client.predict("a red circle", 0, api_name="/search")
