@@ -78,8 +78,13 @@ def load_model(model_id: str):
 
 
 def hypothesis_template(model, model_id: str) -> str:
-    """The label template of the zero-shot pipeline the model folder ships (its `preprocess` default)."""
+    """The model's own label template (`config.label_template` of a classification folder), else the default of
+    the zero-shot pipeline the model folder ships (its `preprocess` default)."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    own = getattr(model.config, "label_template", None)
+    if isinstance(own, str) and ("{}" in own or "{label}" in own):
+        return own
 
     impl = ((getattr(model.config, "custom_pipelines", None) or {}).get(ZERO_SHOT_TASK) or {}).get("impl")
     if not impl:
