@@ -275,3 +275,14 @@ def test_the_model_folders_gallery_is_what_its_command_writes(tmp_path):
     for name in committed:
         assert (MODEL_GALLERY / name).read_bytes() == (tmp_path / name).read_bytes(), name
     assert sum((MODEL_GALLERY / name).stat().st_size for name in committed) < 300_000
+
+
+def test_the_label_template_is_the_models_own():
+    from types import SimpleNamespace
+
+    from demo.backend import format_label, hypothesis_template
+
+    classifier = SimpleNamespace(config=SimpleNamespace(label_template="a photo of {label}"))
+    plain = SimpleNamespace(config=SimpleNamespace(custom_pipelines=None))
+    assert format_label(hypothesis_template(classifier, "folder"), "cat") == "a photo of cat"
+    assert format_label(hypothesis_template(plain, "folder"), "cat") == "a video of cat"
