@@ -1,337 +1,161 @@
 """Gradio demo of STOP: text-to-video search, zero-shot recognition, and what the prompts look at.
 
-    python demo/app.py [--model PATH_OR_HUB_ID] [--port N] [--max_upload_mb MB] [--max_duration_s S]
-                       [--gallery_dir DIR] [--cache_dir DIR]
+    python app.py [--model PATH_OR_HUB_ID] [--gallery DIR_OR_DATASET] [--port N] [--cache_dir DIR]
+                  [--max_upload_mb MB] [--max_duration_s S] [--max_frames N] [--max_fps FPS]
 
-Runs on a CPU, offline, with the model trained by this repository (`checkpoints/stop-synthetic/`) unless
-`--model` (or the `STOP_DEMO_MODEL` environment variable, e.g. a Space variable) names another folder or Hub id.
-The gallery is a dozen held-out clips of the synthetic benchmark (rendered into the cache on first start), the
-real sample videos of `python -m training.fetch_samples` when they are there, and the videos a visitor adds
-(kept for their session only). Gallery embeddings are computed once and cached on disk per model and video hash.
+The model comes from `--model`, else the `STOP_DEMO_MODEL` environment variable (e.g. a Space variable), else the
+repository's `checkpoints/stop-synthetic` when this folder sits in the repository. It is loaded with its own code
+(`trust_remote_code=True`). The gallery is `--gallery` (a folder of videos or a Hub dataset id; env
+`STOP_DEMO_GALLERY`), else the `gallery/` (or `examples/`) folder of the model, plus the videos a visitor adds
+(kept for their session only, in a bounded cache that expires). Without gallery clips the demo serves uploads.
 """
-
-from __future__ import annotations
 
 import argparse
 import html
 import logging
 import os
 import re
-import sys
 import time
 from functools import wraps
 from pathlib import Path
 
-# On a busy shared CPU, OpenMP threads that spin while waiting make a 2 ms text query take 0.7 s.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 HERE = Path(__file__).resolve().parent
-# In the repository the demo sits beside the packages; in a Space they are copied next to app.py.
-ROOT = HERE.parent if (HERE.parent / "modeling_stop").is_dir() else HERE
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from modeling_stop import STOPModel  # noqa: E402
-from modeling_stop.modeling_stop import grid_to_pixels  # noqa: E402
-from modeling_stop.pipelines import DEFAULT_HYPOTHESIS_TEMPLATE  # noqa: E402
-from modeling_stop.processing_stop import STOPProcessor  # noqa: E402
-from modeling_stop.retrieval import embed_texts, rank  # noqa: E402
-from modeling_stop.video_io import VideoDecodeError  # noqa: E402
-from training.synthetic import CLASS_NAMES  # noqa: E402
-
-if __package__:
-    from .gallery import (
-        EmbeddingCache, GalleryVideo, VideoCheckError, check_video, ensure_synthetic_clips, file_sha256, scan_videos
-    )
-else:  # python demo/app.py, or app.py at the root of a Space
-    from gallery import (
-        EmbeddingCache, GalleryVideo, VideoCheckError, check_video, ensure_synthetic_clips, file_sha256, scan_videos
-    )
+REPOSITORY_MODEL = HERE.parent / "checkpoints" / "stop-synthetic"
+DEFAULT_CACHE = Path(os.environ.get("STOP_DEMO_CACHE", HERE / ".cache"))
+TAB_NAMES = ("Search", "Recognize", "What STOP looks at")
+SESSION_MAX_AGE_S = 3600  # uploads, their analyses and gradio's copies of them are dropped after an hour
+CACHE_SWEEP_S = 600
 
 logger = logging.getLogger("stop-demo")
 
-DEFAULT_MODEL = os.environ.get("STOP_DEMO_MODEL", str(ROOT / "checkpoints" / "stop-synthetic"))
-DEFAULT_CACHE = ROOT / ".cache" / "demo"
-SAMPLE_VIDEOS = ROOT / ".cache" / "sample_videos"
-MAX_LABELS = 50
-DISPLAY_SIZE = 256  # frames are enlarged (nearest neighbour, so the prompt regions stay sharp) to at least this
-REGION_COLOUR = np.array([255, 40, 40], dtype=np.float32)
-OUTLINE_COLOUR = np.array([255, 220, 0], dtype=np.uint8)
-TAB_NAMES = ("Search", "Recognize", "What STOP looks at")
+
+def default_model() -> str | None:
+    return os.environ.get("STOP_DEMO_MODEL") or (str(REPOSITORY_MODEL) if REPOSITORY_MODEL.is_dir() else None)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=default_model(),
+                        help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)")
+    parser.add_argument("--gallery", "--gallery_dir", dest="gallery", default=os.environ.get("STOP_DEMO_GALLERY"),
+                        help="folder of videos or Hub dataset id (default: the model's gallery/ or examples/ folder)")
+    parser.add_argument("--max_gallery", type=int, default=200, help="at most this many gallery videos")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="gallery embedding cache")
+    parser.add_argument("--max_upload_mb", type=float, default=50, help="largest video accepted, in MB")
+    parser.add_argument("--max_duration_s", type=float, default=120, help="longest video accepted, in seconds")
+    parser.add_argument("--max_frames", type=int, default=3600, help="most frames in a video accepted")
+    parser.add_argument("--max_fps", type=float, default=60, help="highest frame rate accepted")
+    parser.add_argument("--max_uploads", type=int, default=8, help="uploads kept per session")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error("no model: set STOP_DEMO_MODEL or pass --model PATH_OR_HUB_ID")
+    return args
+
+
+def _modules():
+    """The demo's own modules, imported after argument parsing (they pull in torch)."""
+    if __package__:
+        from . import backend, drawing, gallery
+    else:  # python app.py: the modules sit beside this file
+        import backend
+        import drawing
+        import gallery
+    return backend, drawing, gallery
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model and gallery
+# What STOP looks at: an analysis -> frames, plot and text
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_model(model_path: str):
-    """A STOP model and its processor from a folder or Hub id (a classification folder gives its STOPModel)."""
-    local = Path(model_path)
-    looks_local = local.exists() or local.is_absolute() or model_path.startswith(".") or model_path == DEFAULT_MODEL
-    if looks_local and not (local / "config.json").is_file():
-        raise SystemExit(
-            f"No STOP model at {model_path}. Train one (training/train.py writes checkpoints/stop-synthetic) "
-            "or pass --model PATH_OR_HUB_ID."
-        )
-    model = STOPModel.from_pretrained(model_path).eval()
-    processor = STOPProcessor.from_pretrained(model_path, trust_remote_code=True)
-    return model, processor
+def _grid_text(mask, layout: str) -> str:
+    g = mask.shape[-1]
+    cells = ", ".join(f"({i}, {j})" for i, j in mask.nonzero().tolist())
+    if layout == "official":
+        return (f"cells {cells} of the {g}x{g} grid, each the pixels (row, column) with row mod {g} = i and "
+                f"column mod {g} = j: a lattice of dots over the whole frame")
+    return f"the patches (row, column) {cells} of the {g}x{g} patch grid"
 
 
-class DemoBackend:
-    """What the three tabs compute, independent of the UI (so each endpoint is a plain method)."""
+def render_explanation(analysis, layer: int):
+    """`(frames with captions, plot image, summary markdown, number of layers)` for one analysis at one layer."""
+    _, drawing, _ = _modules()
+    diagnostics = analysis.diagnostics
+    num_frames = len(analysis.frames)
+    num_layers = max((d.num_layers for d in diagnostics if d.layered), default=1)
+    regions = sorted((d for d in diagnostics if d.kind == "regions"), key=lambda d: not d.layered)
+    series = [d for d in diagnostics if d.kind != "regions"]
+    mask = regions[0].at(layer) if regions else None
+    patch = analysis.frames.shape[1] // mask.shape[-1] if mask is not None else 1
+    images = drawing.overlay_regions(analysis.frames, mask, patch, analysis.layout)
 
-    def __init__(self, model, processor, videos: list[GalleryVideo], cache_dir, max_upload_mb, max_duration_s):
-        self.model, self.processor = model, processor
-        self.max_upload_mb, self.max_duration_s = max_upload_mb, max_duration_s
-        self.cache = EmbeddingCache(model, processor, cache_dir)
-        self.videos = videos
-        self.embeds = self.cache.embed(videos)
+    def where(d):
+        return f"`{d.name}`" + (f" at layer {min(layer, d.num_layers)} of {d.num_layers}" if d.layered else "")
 
-    # -------------------------------------------------------------------------------------------- helpers
-    def checked_video(self, path) -> GalleryVideo:
-        if not path:
-            raise gr.Error("Upload a video first (or pick one from the gallery).", print_exception=False)
-        check_video(path, self.max_upload_mb, self.max_duration_s)
-        name = Path(path).name
-        return GalleryVideo(path=str(path), name=name, caption=None, source="upload", sha256=file_sha256(path))
-
-    def video_embedding(self, video: GalleryVideo) -> torch.Tensor:
-        return self.cache.embed([video])[0]
-
-    # -------------------------------------------------------------------------------------------- Search
-    def add_video(self, path, uploads: list[GalleryVideo]):
-        video = self.checked_video(path)
-        self.cache.embed([video])  # decodes the video now: a broken file fails here, not during a search
-        if all(u.sha256 != video.sha256 for u in uploads) and all(v.sha256 != video.sha256 for v in self.videos):
-            uploads = uploads + [video]
-        status = f"Added **{html.escape(video.name)}**: the gallery now holds {len(self.videos) + len(uploads)} videos."
-        return uploads, status, gr.update(choices=self.video_choices(uploads))
-
-    def search(self, query: str, top_k: float, uploads: list[GalleryVideo]):
-        query = (query or "").strip()
-        if not query:
-            raise gr.Error("Type a description to search for, e.g. “a red circle moving left”.", print_exception=False)
-        videos = self.videos + list(uploads)
-        embeds = torch.cat([self.embeds, self.cache.embed(list(uploads))]) if uploads else self.embeds
-        if not videos:
-            raise gr.Error("The gallery is empty: add a video first.", print_exception=False)
-        scores, indices = rank(embed_texts(self.model, self.processor, [query]), embeds, top_k=int(top_k))
-        results, rows = [], []
-        for position, (score, index) in enumerate(zip(scores[0].tolist(), indices[0].tolist()), start=1):
-            video = videos[index]
-            title = video.caption or video.name
-            results.append((video.path, f"{position}. {score:.3f} · {title}"))
-            rows.append([position, round(score, 4), video.name, video.caption or "", video.source])
-        return results, rows
-
-    # -------------------------------------------------------------------------------------------- Recognize
-    def recognize(self, path, labels_text: str) -> dict[str, float]:
-        labels = list(dict.fromkeys(label.strip() for label in (labels_text or "").split(",") if label.strip()))
-        if len(labels) < 2:
-            raise gr.Error("Give at least two candidate labels, separated by commas.", print_exception=False)
-        if len(labels) > MAX_LABELS:
-            raise gr.Error(f"Give at most {MAX_LABELS} labels (got {len(labels)}).", print_exception=False)
-        video = self.video_embedding(self.checked_video(path))
-        texts = embed_texts(self.model, self.processor, [DEFAULT_HYPOTHESIS_TEMPLATE.format(label) for label in labels])
-        logits = self.model.clip.logit_scale.exp().float() * (texts @ video)
-        return dict(zip(labels, logits.softmax(-1).tolist()))
-
-    # -------------------------------------------------------------------------------------------- What STOP looks at
-    def explain(self, path):
-        self.checked_video(path)
-        inputs = self.processor(videos=[path], return_frame_indices=True)
-        with torch.inference_mode():
-            encoding = self.model.encode_video(inputs["pixel_values"], inputs["video_mask"])
-        valid = inputs["video_mask"][0].bool()
-        pixels = inputs["pixel_values"][0][valid]
-        source_frames = inputs["frame_indices"][0][valid].tolist()
-        mask = None if encoding.spatial_mask is None else encoding.spatial_mask[0][valid]
-        weights = None if encoding.frame_weights is None else encoding.frame_weights[0][valid].float()
-        inserted = None if encoding.inserted_tokens is None else encoding.inserted_tokens[0].tolist()
-
-        frames = overlay_regions(self.to_uint8(pixels), mask, self.config.patch_size, self.region_layout)
-        captions = []
-        for t, source in enumerate(source_frames):
-            caption = f"frame {t + 1} (source frame {source})"
-            if weights is not None:
-                caption += f" · weight {weights[t]:.2f}"
-            if inserted is not None and t < len(inserted) and t + 1 < len(source_frames):
-                caption += f" · {inserted[t]} token(s) inserted after it"
-            captions.append(caption)
-        plot = temporal_plot(weights, inserted, encoding.frame_variation, len(source_frames))
-        return list(zip(frames, captions)), plot, self.explain_summary(mask, weights, inserted)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def region_layout(self) -> str:
-        return self.config.mask_layout if self.config.variant == "official" else "patch"
-
-    def to_uint8(self, pixel_values: torch.Tensor) -> np.ndarray:
-        vp = self.processor.video_processor
-        mean, std = torch.tensor(vp.mean).view(1, 3, 1, 1), torch.tensor(vp.std).view(1, 3, 1, 1)
-        frames = ((pixel_values * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-        return frames.permute(0, 2, 3, 1).numpy()
-
-    def explain_summary(self, mask, weights, inserted) -> str:
-        lines = []
-        if mask is not None:
-            cells = [(int(i), int(j)) for i, j in mask[0].nonzero().tolist()]
-            g = self.config.grid_size
-            where = ", ".join(f"({i}, {j})" for i, j in cells)
-            if self.region_layout == "official":
-                lines.append(
-                    f"Frame 1 keeps the cells {where} of the {g}x{g} grid: every pixel (row, column) with "
-                    f"row mod {g} = i and column mod {g} = j, i.e. a lattice of dots spread over the whole frame."
-                )
-            else:
-                lines.append(f"Frame 1 keeps the patches (row, column) {where} of the {g}x{g} patch grid.")
-        if weights is not None:
-            top = int(weights.argmax()) + 1
-            lines.append(f"Frame weights (min-max normalised over this video): highest on frame {top}.")
-        if inserted is not None:
-            lines.append(f"Inserted prompt tokens per gap: {inserted} (total {sum(inserted)}).")
-        return "\n\n".join(lines) or "This model has no spatial or temporal STOP prompts (the frozen-CLIP baseline)."
-
-    # -------------------------------------------------------------------------------------------- UI helpers
-    def video_choices(self, uploads=()) -> list[tuple[str, str]]:
-        """Dropdown entries `(name · caption, id)`; the id is a prefix of the video's hash, never a server path."""
-        return [(f"{v.name} · {v.caption}" if v.caption else v.name, v.sha256[:16]) for v in [*self.videos, *uploads]]
-
-    def video_path(self, video_id: str | None, uploads=()) -> str | None:
-        return next((v.path for v in [*self.videos, *uploads] if v.sha256[:16] == video_id), None)
-
-    def description(self) -> str:
-        c = self.config
-        variant = {"official": "the authors' released code", "paper": "the paper's token-space formulation"}[c.variant]
-        return (
-            f"**Model:** `{c._name_or_path}` · variant `{c.variant}` ({variant}) · "
-            f"{self.processor.video_processor.num_frames} frames of {c.image_size} px · "
-            f"**gallery:** {len(self.videos)} videos"
-        )
-
-    def layout_note(self) -> str:
-        c = self.config
-        g, k = c.grid_size, c.spatial_top_k
-        if not c.use_spatial_prompt:
-            regions = "This model has no spatial prompt, so no regions are highlighted."
-        elif c.variant == "paper":
-            regions = (
-                f"**Regions are ViT patches.** In the paper variant each frame keeps its top {k} of {g}x{g} patches, "
-                f"scored by the frozen CLIP's CLS-to-patch attention mixed (alpha = {c.attention_alpha}) with a learned "
-                "temporal-dynamics score; the spatial prompt is added to those patch tokens."
-            )
-        elif c.mask_layout == "official":
-            regions = (
-                f"**With the authors' mask layout the regions are not patches.** The released code pools its region "
-                f"score so that cell (i, j) of the {g}x{g} grid is every pixel whose row is i and column is j modulo "
-                f"{g}: a period-{g} lattice of dots over the whole frame. The top {k} cells are picked by a convolution "
-                "that never receives a gradient (the top-k is a hard comparison), so it keeps its random initial "
-                "weights. Red dots below are exactly the pixels where the pixel-space prompt is doubled."
-            )
-        else:
-            regions = (
-                f"**Regions are ViT patches** (`mask_layout=\"patch\"`): each frame keeps its top {k} of {g}x{g} "
-                "patches, scored by a convolution that never receives a gradient (it keeps its initial weights); "
-                "the pixel-space prompt is doubled inside them (red, outlined)."
-            )
-        if not c.use_temporal_prompt:
-            temporal = "This model has no temporal prompt."
-        elif c.variant == "paper":
-            temporal = (
-                "**Temporal prompt:** between frames i and i+1 the model inserts ceil("
-                f"{c.insertion_scale:g} x variation) prompt tokens (at most {c.max_inserted_tokens}), the variation "
-                "being 1 - cosine of the two frames' descriptors: more tokens where the video changes."
-            )
-        else:
-            temporal = (
-                "**Temporal prompt:** no tokens are inserted. A per-frame weight (min-max normalised; here over "
-                "this one video) scales an inter-frame prompt that is added to each frame's local prompts."
-            )
-        return regions + "\n\n" + temporal
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Drawing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def overlay_regions(frames: np.ndarray, mask: torch.Tensor | None, patch: int, layout: str) -> list[np.ndarray]:
-    """Frames `[T, S, S, 3]` uint8 with the selected cells of `mask` `[T, g, g]` tinted red (pixels expanded with
-    the model's layout), enlarged to at least `DISPLAY_SIZE`; patch regions also get a yellow outline."""
-    scale = max(1, -(-DISPLAY_SIZE // frames.shape[1]))
-    out = []
-    selected = None
+    captions = []
+    for t, source in enumerate(analysis.source_frames):
+        parts = [f"frame {t + 1} (source frame {source})"]
+        for d in series:
+            values = d.at(layer)
+            if d.per == "frame" and t < len(values):
+                parts.append(f"{d.name.replace('_', ' ')} {values[t].item():.2f}")
+            elif d.per == "gap" and d.kind == "counts" and t < len(values):
+                parts.append(f"{values[t].item()} {d.name.replace('_', ' ')} after it")
+        captions.append(" · ".join(parts))
+    plot = drawing.series_plot(
+        [(where(d).replace("`", ""), d.per, d.at(layer).float().numpy()) for d in series], num_frames
+    )
+    lines = []
     if mask is not None:
-        selected = grid_to_pixels(mask[None].to(torch.uint8), patch, layout)[0].bool().numpy()  # [T, S, S]
-    for t, frame in enumerate(frames):
-        image = frame.astype(np.float32)
-        if selected is not None:
-            inside = selected[t][..., None]
-            image = np.where(inside, 0.35 * image + 0.65 * REGION_COLOUR, 0.7 * image)
-        image = np.repeat(np.repeat(image.round().astype(np.uint8), scale, axis=0), scale, axis=1)
-        if selected is not None and layout == "patch":
-            cell = patch * scale
-            for i, j in mask[t].nonzero().tolist():
-                box = image[i * cell : (i + 1) * cell, j * cell : (j + 1) * cell]
-                for edge in (box[:2], box[-2:], box[:, :2], box[:, -2:]):
-                    edge[...] = OUTLINE_COLOUR
-        out.append(image)
-    return out
+        lines.append(f"{where(regions[0])}: frame 1 keeps {_grid_text(mask[0], analysis.layout)}.")
+    for d in series:
+        values = d.at(layer)
+        if not len(values):
+            continue
+        if d.kind == "counts":
+            lines.append(f"{where(d)} per gap: {values.tolist()} (total {int(values.sum())}).")
+        else:
+            unit = "frame" if d.per == "frame" else "gap after frame"
+            lines.append(f"{where(d)}: highest on {unit} {int(values.argmax()) + 1} (max {values.max().item():.3f}).")
+    summary = "\n\n".join(lines) or "This model reports no spatial or temporal prompt diagnostics."
+    return list(zip(images, captions)), plot, summary, num_layers
 
 
-def temporal_plot(weights, inserted, variation, num_frames: int) -> np.ndarray:
-    """Bar chart of the frame weights (official) or of the tokens inserted per gap (paper), as an RGB image."""
-    figure = Figure(figsize=(7, 2.6), dpi=100)
-    axis = figure.add_subplot()
-    if weights is not None:
-        axis.bar(np.arange(1, num_frames + 1), weights.numpy(), color="#d62728")
-        axis.set(xlabel="frame", ylabel="weight", ylim=(0, 1.05), title="Per-frame temporal weights")
-        axis.set_xticks(np.arange(1, num_frames + 1))
-    elif inserted is not None:
-        gaps = inserted[: max(num_frames - 1, 0)]
-        positions = np.arange(1, len(gaps) + 1)
-        axis.bar(positions, gaps, color="#1f77b4", label="inserted tokens")
-        axis.set(xlabel="gap after frame", ylabel="tokens", title="Prompt tokens inserted between frames")
-        axis.set_xticks(positions)
-        if variation is not None:
-            twin = axis.twinx()
-            twin.plot(positions, variation[0][: len(gaps)].float().numpy(), color="#ff7f0e", marker="o")
-            twin.set_ylabel("variation")
+def layout_note(model) -> str:
+    layout = getattr(getattr(model, "spatial_prompter", None), "layout", None) or "patch"
+    if getattr(model, "spatial_prompter", None) is None:
+        regions = "This model has no spatial prompt, so no regions are highlighted."
+    elif layout == "official":
+        regions = (
+            "**With the authors' mask layout the regions are not patches**: cell (i, j) of the grid is every pixel "
+            "whose row is i and column is j modulo the grid size, a lattice of dots over the whole frame."
+        )
     else:
-        axis.text(0.5, 0.5, "no temporal prompt in this model", ha="center", va="center")
-        axis.set_axis_off()
-    figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        regions = "**Regions are ViT patches**: the patches the spatial prompt selects are red, outlined in yellow."
+    return (
+        regions + "\n\nBelow the frames: every per-frame or per-gap value the model reports (frame weights, prompt "
+        "tokens inserted between frames, ...). When the model reports them per layer, pick the layer."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Errors: a message the visitor can act on, never a stack trace
+# The app
 # ----------------------------------------------------------------------------------------------------------------
 
 _PATH = re.compile(r"'?(?:/[^\s'/]+)+/([^\s'/]+)'?")
 
 
-def _user_errors(fn):
+def _user_errors(fn, gr, errors):
+    """Turn the backend's input errors into a message (the file named, not its temporary path), never a trace."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (VideoCheckError, VideoDecodeError) as error:  # name the file, not its temporary path
+        except errors as error:
             raise gr.Error(html.escape(_PATH.sub(r"\1", str(error)), quote=False), print_exception=False) from None
         except Exception as error:
             logger.exception("request failed")
@@ -342,116 +166,170 @@ def _user_errors(fn):
     return wrapper
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The app
-# ----------------------------------------------------------------------------------------------------------------
+def _slider_maximum(gallery_size: int) -> int:
+    return max(gallery_size, 2)  # a slider needs maximum > minimum (1); a search never returns more than there are
 
 
-def gallery_videos(gallery_dir, cache_dir, num_synthetic: int = 12) -> list[GalleryVideo]:
-    """`gallery_dir` alone when given; else held-out synthetic clips (rendered once) plus the real sample videos."""
-    if gallery_dir is not None:
-        return scan_videos(gallery_dir, source=Path(gallery_dir).name)
-    videos = scan_videos(ensure_synthetic_clips(Path(cache_dir) / "synthetic", num_synthetic), source="synthetic")
-    if SAMPLE_VIDEOS.is_dir():
-        videos += scan_videos(SAMPLE_VIDEOS, source="sample")
-    return videos
+def create_backend(model_id: str, gallery=None, cache_dir=DEFAULT_CACHE, limits=None, max_gallery=200, **kwargs):
+    backend, _, gallery_module = _modules()
+    model, processor = backend.load_model(str(model_id))
+    folder = gallery_module.find_gallery(str(model_id), gallery)
+    videos = gallery_module.scan_videos(folder, limit=max_gallery) if folder is not None else []
+    template = backend.hypothesis_template(model, str(model_id))
+    limits = limits or gallery_module.VideoLimits()
+    demo_backend = backend.DemoBackend(
+        model, processor, videos, template=template, limits=limits, cache_dir=cache_dir, **kwargs
+    )
+    demo_backend.gallery_folder = folder
+    return demo_backend
 
 
-def build_demo(
-    model_path: str = DEFAULT_MODEL,
-    gallery_dir=None,
-    cache_dir=DEFAULT_CACHE,
-    max_upload_mb: float = 50,
-    max_duration_s: float = 120,
-) -> gr.Blocks:
-    """The demo's Blocks: loads the model, builds and embeds the gallery, wires the three tabs."""
-    model, processor = load_model(str(model_path))
-    videos = gallery_videos(gallery_dir, cache_dir)
-    backend = DemoBackend(model, processor, videos, cache_dir, max_upload_mb, max_duration_s)
+def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACHE, limits=None, max_gallery=200,
+               max_uploads=8, backend=None):
+    """The demo's Blocks over `backend` (built from the model and gallery when not given)."""
+    import gradio as gr
+
+    backend_module, _, gallery_module = _modules()
+    if backend is None:
+        backend = create_backend(model_id or default_model(), gallery, cache_dir, limits, max_gallery,
+                                 max_uploads=max_uploads, max_age_s=SESSION_MAX_AGE_S)
+    errors = (backend_module.DemoInputError, gallery_module.VideoCheckError)
+    videos = backend.videos
     captioned = [v for v in videos if v.caption]
-    limits = f"Videos up to {max_upload_mb:g} MB and {max_duration_s:g} s."
+    labels_default = list(dict.fromkeys(v.label for v in videos if v.label))
+    config = backend.model.config
+    num_frames = getattr(getattr(backend.processor, "video_processor", None), "num_frames", "?")
+    limits_text = backend.limits.describe()
+    if videos:
+        gallery_text = f"**gallery:** {len(videos)} videos from `{backend.gallery_folder.name}/`"
+    else:
+        gallery_text = ("**No gallery clips** came with this model (no `gallery/` or `examples/` folder, and no "
+                        "`--gallery`): search covers the videos you add.")
 
-    with gr.Blocks(title="STOP video demo") as demo:
-        uploads = gr.State([])
+    # Annotated with the class itself (this module has no postponed annotations): gradio injects the request.
+    def session_of(request: gr.Request) -> str:
+        if request is None or not request.session_hash:
+            raise backend_module.DemoInputError("This endpoint needs a session (call it through gradio_client).")
+        return request.session_hash
+
+    def choices(session):
+        all_videos = [*videos, *(u.video for u in backend.session_uploads(session))]
+        return [(f"{v.name} · {v.caption}" if v.caption else v.name, v.sha256[:16]) for v in all_videos]
+
+    def search(query, top_k, request: gr.Request):
+        found = backend.search(query, top_k, session_of(request))
+        results, rows = [], []
+        for position, (video, score) in enumerate(found, start=1):
+            results.append((video.path, f"{position}. {score:.3f} · {video.caption or video.name}"))
+            rows.append([position, round(score, 4), video.name, video.caption or "", video.source])
+        return results, rows
+
+    def add_video(path, request: gr.Request):
+        session = session_of(request)
+        status = backend.add_video(path, session)
+        size = backend.gallery_size(session)
+        return status, gr.update(choices=choices(session)), gr.update(maximum=_slider_maximum(size))
+
+    def recognize(path, labels):
+        return backend.recognize(path, labels)
+
+    def explain(path, layer):
+        analysis, layer = backend.explain(path, layer)
+        frames, plot, summary, num_layers = render_explanation(analysis, layer)
+        layer_update = gr.update(visible=num_layers > 1, maximum=num_layers, value=layer)
+        return frames, plot, summary, layer_update
+
+    def pick_video(video_id, request: gr.Request):
+        session = session_of(request)
+        all_videos = [*videos, *(u.video for u in backend.session_uploads(session))]
+        return next((v.path for v in all_videos if v.sha256[:16] == video_id), None)
+
+    with gr.Blocks(title="STOP video demo", delete_cache=(CACHE_SWEEP_S, SESSION_MAX_AGE_S)) as demo:
         gr.Markdown(
             "# STOP: prompting a frozen CLIP for video\n"
-            "Spatial-temporal dynamic prompts (CVPR 2025) over a frozen `transformers` CLIP. " + backend.description()
+            "Spatial-temporal dynamic prompts (CVPR 2025) over a frozen `transformers` CLIP. "
+            f"**Model:** `{config._name_or_path}` · variant `{getattr(config, 'variant', '?')}` · "
+            f"{num_frames} frames · "
+            + gallery_text
         )
         with gr.Tab(TAB_NAMES[0]):
             gr.Markdown("Describe a video; the gallery is ranked by cosine similarity to your text.")
             with gr.Row():
                 query = gr.Textbox(label="Query", placeholder="a red circle moving left", scale=4)
-                top_k = gr.Slider(1, 12, value=4, step=1, label="Results", scale=1)
+                top_k = gr.Slider(1, _slider_maximum(len(videos)), value=min(4, max(len(videos), 1)), step=1,
+                                  label="Results", scale=1)
             search_button = gr.Button("Search", variant="primary")
-            results = gr.Gallery(label="Best matches (rank. score · caption)", columns=4, height="auto")
+            results = gr.Gallery(label="Best matches", columns=4, height="auto")
             table = gr.Dataframe(headers=["rank", "score", "video", "caption", "source"], label="Scores")
             if captioned:
                 gr.Examples([[v.caption] for v in captioned[:6]], inputs=[query], label="Captions of gallery clips")
-            with gr.Accordion("Add your own video to the gallery", open=False):
-                gr.Markdown(f"It stays in your session's gallery only. {limits}")
+            with gr.Accordion("Add your own video to the gallery", open=not videos):
+                gr.Markdown(f"It stays in your session's gallery only (at most {backend.max_uploads} videos, for "
+                            f"an hour). {limits_text}")
                 new_video = gr.Video(label="Video", sources=["upload"])
                 add_button = gr.Button("Add to gallery")
-                add_status = gr.Markdown()
+                add_status = gr.Markdown(label="Status")
 
         with gr.Tab(TAB_NAMES[1]):
-            gr.Markdown(
-                "Zero-shot recognition: each label becomes the text “" + DEFAULT_HYPOTHESIS_TEMPLATE.format("label")
-                + "”; the probabilities are a softmax over CLIP's scaled cosine similarities. " + limits
-            )
+            example = backend_module.format_label(backend.template, "label")
+            gr.Markdown(f"Zero-shot recognition: each label becomes the text “{example}”; the probabilities are a "
+                        f"softmax over CLIP's scaled cosine similarities. {limits_text}")
             with gr.Row():
                 with gr.Column():
                     recognize_video = gr.Video(label="Video", sources=["upload"])
-                    labels = gr.Textbox(label="Candidate labels (comma-separated)", value=", ".join(CLASS_NAMES))
+                    labels = gr.Textbox(label="Candidate labels (comma-separated)", value=", ".join(labels_default),
+                                        placeholder="running, swimming, cooking")
                     recognize_button = gr.Button("Recognize", variant="primary")
                 prediction = gr.Label(label="Prediction", num_top_classes=5)
             if captioned:
                 gr.Examples([[v.path] for v in captioned[:4]], inputs=[recognize_video], label="Gallery clips")
 
         with gr.Tab(TAB_NAMES[2]):
-            gr.Markdown(backend.layout_note())
+            gr.Markdown(layout_note(backend.model))
             with gr.Row():
                 explain_video = gr.Video(label="Video", sources=["upload"])
                 with gr.Column():
-                    pick = gr.Dropdown(backend.video_choices(), value=None, label="…or pick a gallery video")
+                    pick = gr.Dropdown(choices(None), value=None, label="…or pick a gallery video")
+                    layer = gr.Number(value=1, precision=0, label="Layer", visible=False)
                     explain_button = gr.Button("Show what STOP looks at", variant="primary")
-                    summary = gr.Markdown()
-            frames = gr.Gallery(
-                label="Sampled frames, spatial-prompt regions in red", columns=4, height="auto", format="png"
-            )
+                    summary = gr.Markdown(label="Summary")
+            frames = gr.Gallery(label="Sampled frames, spatial-prompt regions in red", columns=4, height="auto",
+                                format="png")
             plot = gr.Image(label="Temporal prompt", type="numpy", format="png")
 
-        search_button.click(_user_errors(backend.search), [query, top_k, uploads], [results, table], api_name="search")
-        query.submit(_user_errors(backend.search), [query, top_k, uploads], [results, table], api_visibility="private")
-        add_button.click(
-            _user_errors(backend.add_video), [new_video, uploads], [uploads, add_status, pick], api_name="add_video"
-        )
-        recognize_button.click(
-            _user_errors(backend.recognize), [recognize_video, labels], prediction, api_name="recognize"
-        )
-        pick.change(backend.video_path, [pick, uploads], explain_video, api_visibility="private")
-        explain_button.click(_user_errors(backend.explain), explain_video, [frames, plot, summary], api_name="explain")
+        search_fn = _user_errors(search, gr, errors)
+        # preprocess=False: the handler validates the number of results itself (a message, not a traceback).
+        search_button.click(search_fn, [query, top_k], [results, table], api_name="search", preprocess=False)
+        query.submit(search_fn, [query, top_k], [results, table], api_visibility="private", preprocess=False)
+        add_button.click(_user_errors(add_video, gr, errors), new_video, [add_status, pick, top_k],
+                         api_name="add_video")
+        recognize_button.click(_user_errors(recognize, gr, errors), [recognize_video, labels], prediction,
+                               api_name="recognize")
+        pick.change(pick_video, pick, explain_video, api_visibility="private")
+        explain_button.click(_user_errors(explain, gr, errors), [explain_video, layer], [frames, plot, summary, layer],
+                             api_name="explain")
 
     demo.queue(default_concurrency_limit=1)
+    demo.stop_backend = backend
     return demo
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="STOP model folder or Hub id (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    parser.add_argument("--max_upload_mb", type=float, default=50, help="largest video accepted, in MB")
-    parser.add_argument("--max_duration_s", type=float, default=120, help="longest video accepted, in seconds")
-    parser.add_argument("--gallery_dir", default=None, help="search this folder instead of the default gallery")
-    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="synthetic clips and embedding cache")
-    args = parser.parse_args(argv)
-
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow a shared CPU down
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _, _, gallery_module = _modules()
+    limits = gallery_module.VideoLimits(args.max_upload_mb, args.max_duration_s, args.max_frames, args.max_fps)
     start = time.perf_counter()
-    demo = build_demo(args.model, args.gallery_dir, args.cache_dir, args.max_upload_mb, args.max_duration_s)
-    logger.info(f"demo built in {time.perf_counter() - start:.1f}s")
-    allowed = [args.cache_dir, args.gallery_dir or str(SAMPLE_VIDEOS)]
+    demo = build_demo(args.model, args.gallery, args.cache_dir, limits, args.max_gallery, args.max_uploads)
+    backend = demo.stop_backend
+    logger.info(f"demo built in {time.perf_counter() - start:.1f}s: {len(backend.videos)} gallery videos")
+    folder = backend.gallery_folder
     demo.launch(
-        server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb", allowed_paths=allowed, show_error=False
+        server_port=args.port,
+        max_file_size=f"{args.max_upload_mb:g}mb",
+        allowed_paths=[str(folder)] if folder is not None else None,
+        show_error=False,
     )
 
 
