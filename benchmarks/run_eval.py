@@ -98,7 +98,9 @@ def evaluate_model(model, processor, split, args, accelerator: Accelerator | Non
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="STOP folder / Hub id (or a CLIP one with --baseline)")
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="STOP folder / Hub id (or a CLIP one with --baseline)"
+    )
     parser.add_argument("--baseline", choices=["meanP"], default=None, help="evaluate the frozen CLIP, mean-pooled")
     parser.add_argument("--dataset_name", required=True, help="a Hub dataset id, or a local videofolder / CSV / JSON")
     parser.add_argument("--dataset_config_name", default=None)
@@ -108,7 +110,9 @@ def parse_args(argv=None):
     parser.add_argument("--caption_column", default="caption", help="a string or a list of strings per video")
     parser.add_argument("--label_column", default="label")
     parser.add_argument(
-        "--label_template", nargs="+", default=None,
+        "--label_template",
+        nargs="+",
+        default=None,
         help="class name -> text, '{}' or '{label}' marks the name; several are averaged (prompt ensembling). "
         f"Default: {RETRIEVAL_LABEL_TEMPLATE!r} (retrieval), {len(VIDEO_CLASS_TEMPLATES)} action templates "
         "(classification)",
@@ -119,8 +123,12 @@ def parse_args(argv=None):
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader processes decoding videos")
     parser.add_argument("--chunk_size", type=int, default=1024, help="texts per similarity chunk")
     parser.add_argument("--max_eval_samples", "--max_samples", type=int, default=None, help="truncate the split")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                        help="default: what `accelerate launch` / `accelerate config` set")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="default: what `accelerate launch` / `accelerate config` set",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
     return parser.parse_args(argv)

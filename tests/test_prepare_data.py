@@ -91,8 +91,13 @@ def test_msrvtt_writes_train_and_1k_test_with_every_caption_and_lists_missing_vi
         {"file_name": "video3.mp4", "caption": ["a person cooks in a kitchen"]},
         {"file_name": "video4.mp4", "caption": ["a dog runs on grass"]},
     ]
-    assert summary["splits"]["train"] == {"rows": 3, "videos": 3, "missing_videos": 1, "captions": 9,
-                                          "missing": ["video5"]}
+    assert summary["splits"]["train"] == {
+        "rows": 3,
+        "videos": 3,
+        "missing_videos": 1,
+        "captions": 9,
+        "missing": ["video5"],
+    }
     assert summary["splits"]["test"]["rows"] == 2 and summary["splits"]["test"]["captions"] == 2
     assert summary["link"] == {"symlink": 5}
     assert "train: 3 rows, 9 captions, 1 missing videos" in printed
@@ -169,9 +174,17 @@ def test_activitynet_joins_the_sentences_of_a_video_into_one_paragraph(tmp_path,
     (tmp_path / "train.json").write_text(json.dumps(train))
     (tmp_path / "val_1.json").write_text(json.dumps(val_1))
     out = tmp_path / "anet"
-    summary = prepare_data.main(_argv("activitynet", {"--video_dir": str(videos),
-                                                      "--train_json": str(tmp_path / "train.json"),
-                                                      "--test_json": str(tmp_path / "val_1.json")}, out))
+    summary = prepare_data.main(
+        _argv(
+            "activitynet",
+            {
+                "--video_dir": str(videos),
+                "--train_json": str(tmp_path / "train.json"),
+                "--test_json": str(tmp_path / "val_1.json"),
+            },
+            out,
+        )
+    )
     assert _splits(out) == ["test", "train"]
     assert _metadata(out, "train") == [
         {"file_name": "v_aaa.mp4", "caption": "A man runs. He jumps."},
@@ -188,17 +201,34 @@ def test_didemo_joins_moment_descriptions_and_finds_reencoded_copies(tmp_path):
     videos = _write_videos(tmp_path / "videos", ["111@N00_a.mp4", "222@N00_b.mp4", "333@N00_c.mp4"])
 
     def moments(video, *descriptions):
-        return [{"video": video, "description": d, "times": [[k, k], [k, k + 1]], "annotation_id": k,
-                 "dl_link": "http://example.invalid"} for k, d in enumerate(descriptions)]
+        return [
+            {
+                "video": video,
+                "description": d,
+                "times": [[k, k], [k, k + 1]],
+                "annotation_id": k,
+                "dl_link": "http://example.invalid",
+            }
+            for k, d in enumerate(descriptions)
+        ]
 
-    (tmp_path / "train_data.json").write_text(json.dumps(
-        moments("111@N00_a.mov", "the dog barks", "the dog sits") + moments("222@N00_b.mp4", "a car turns")))
+    (tmp_path / "train_data.json").write_text(
+        json.dumps(moments("111@N00_a.mov", "the dog barks", "the dog sits") + moments("222@N00_b.mp4", "a car turns"))
+    )
     (tmp_path / "val_data.json").write_text(json.dumps(moments("444@N00_d.avi", "never downloaded")))
     (tmp_path / "test_data.json").write_text(json.dumps(moments("333@N00_c.m4v", "first", "second", "third")))
     out = tmp_path / "didemo"
-    summary = prepare_data.main(_argv("didemo", {"--video_dir": str(videos),
-                                                 "--train_json": str(tmp_path / "train_data.json"),
-                                                 "--test_json": str(tmp_path / "test_data.json")}, out))
+    summary = prepare_data.main(
+        _argv(
+            "didemo",
+            {
+                "--video_dir": str(videos),
+                "--train_json": str(tmp_path / "train_data.json"),
+                "--test_json": str(tmp_path / "test_data.json"),
+            },
+            out,
+        )
+    )
     assert _metadata(out, "train") == [
         {"file_name": "111@N00_a.mp4", "caption": "the dog barks the dog sits"},
         {"file_name": "222@N00_b.mp4", "caption": "a car turns"},
@@ -207,8 +237,13 @@ def test_didemo_joins_moment_descriptions_and_finds_reencoded_copies(tmp_path):
     assert summary["splits"]["train"]["rows"] == 2 and summary["splits"]["test"]["captions"] == 1
 
     with pytest.raises(FileNotFoundError, match="didemo validation: none of the 1 videos"):
-        prepare_data.main(_argv("didemo", {"--video_dir": str(videos),
-                                           "--validation_json": str(tmp_path / "val_data.json")}, tmp_path / "x"))
+        prepare_data.main(
+            _argv(
+                "didemo",
+                {"--video_dir": str(videos), "--validation_json": str(tmp_path / "val_data.json")},
+                tmp_path / "x",
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------- msvd
@@ -216,24 +251,45 @@ def test_didemo_joins_moment_descriptions_and_finds_reencoded_copies(tmp_path):
 
 def mini_msvd(root: Path) -> dict:
     videos = _write_videos(root / "YouTubeClips", ["-4wsuPCjDBc_5_15.avi", "abc_1_9.avi", "xyz_0_4.avi"])
-    lines = ["# MSVD descriptions", "# VideoID Description", "-4wsuPCjDBc_5_15 a squirrel is eating a peanut",
-             "-4wsuPCjDBc_5_15 a chipmunk eats", "abc_1_9 a man plays guitar", "xyz_0_4 a woman slices a tomato",
-             "xyz_0_4 someone cuts a tomato", "xyz_0_4 a tomato is being sliced", "gone_1_2 a lost video"]
+    lines = [
+        "# MSVD descriptions",
+        "# VideoID Description",
+        "-4wsuPCjDBc_5_15 a squirrel is eating a peanut",
+        "-4wsuPCjDBc_5_15 a chipmunk eats",
+        "abc_1_9 a man plays guitar",
+        "xyz_0_4 a woman slices a tomato",
+        "xyz_0_4 someone cuts a tomato",
+        "xyz_0_4 a tomato is being sliced",
+        "gone_1_2 a lost video",
+    ]
     (root / "AllVideoDescriptions.txt").write_text("\n".join(lines) + "\n")
     (root / "train_list.txt").write_text("-4wsuPCjDBc_5_15\nabc_1_9\n")
     (root / "test_list.txt").write_text("xyz_0_4\ngone_1_2\n")
-    return {"--video_dir": str(videos), "--captions": str(root / "AllVideoDescriptions.txt"),
-            "--train_list": str(root / "train_list.txt"), "--test_list": str(root / "test_list.txt")}
+    return {
+        "--video_dir": str(videos),
+        "--captions": str(root / "AllVideoDescriptions.txt"),
+        "--train_list": str(root / "train_list.txt"),
+        "--test_list": str(root / "test_list.txt"),
+    }
 
 
 def test_msvd_keeps_every_caption_of_test_videos(tmp_path):
     inputs = mini_msvd(tmp_path / "raw")
     out = tmp_path / "msvd"
     summary = prepare_data.main(_argv("msvd", inputs, out))
-    assert _metadata(out, "test") == [{"file_name": "xyz_0_4.avi", "caption": [
-        "a woman slices a tomato", "someone cuts a tomato", "a tomato is being sliced"]}]
-    assert summary["splits"]["test"] == {"rows": 1, "videos": 1, "missing_videos": 1, "captions": 3,
-                                         "missing": ["gone_1_2"]}
+    assert _metadata(out, "test") == [
+        {
+            "file_name": "xyz_0_4.avi",
+            "caption": ["a woman slices a tomato", "someone cuts a tomato", "a tomato is being sliced"],
+        }
+    ]
+    assert summary["splits"]["test"] == {
+        "rows": 1,
+        "videos": 1,
+        "missing_videos": 1,
+        "captions": 3,
+        "missing": ["gone_1_2"],
+    }
     assert summary["splits"]["train"]["captions"] == 3 and summary["splits"]["train"]["rows"] == 2
 
     # CLIP4Clip's raw-captions.pkl gives the same dataset.
@@ -264,14 +320,19 @@ def test_class_names_are_made_readable():
 
 
 def mini_ucf101(root: Path) -> dict:
-    names = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
-             "YoYo/v_YoYo_g01_c01.avi", "YoYo/v_YoYo_g08_c01.avi"]
+    names = [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+        "YoYo/v_YoYo_g01_c01.avi",
+        "YoYo/v_YoYo_g08_c01.avi",
+    ]
     videos = _write_videos(root / "UCF-101", names)
     lists = root / "ucfTrainTestlist"
     lists.mkdir()
     (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
     (lists / "trainlist01.txt").write_text(
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 2\nYoYo/v_YoYo_g09_c01.avi 2\n")
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 2\nYoYo/v_YoYo_g09_c01.avi 2\n"
+    )
     (lists / "testlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\nYoYo/v_YoYo_g01_c01.avi\n")
     return {"--video_dir": str(videos), "--split_dir": str(lists)}
 
@@ -292,36 +353,67 @@ def test_ucf101_class_folders_and_official_lists(tmp_path):
 
 
 def test_hmdb51_split_marks_decide_train_test_and_unused(tmp_path, capsys):
-    videos = _write_videos(tmp_path / "hmdb51", ["brush_hair/a_brush_hair_0.avi", "brush_hair/b_brush_hair_1.avi",
-                                                 "brush_hair/c_brush_hair_2.avi", "ride_bike/a_ride_bike_0.avi",
-                                                 "ride_bike/b_ride_bike_1.avi"])
+    videos = _write_videos(
+        tmp_path / "hmdb51",
+        [
+            "brush_hair/a_brush_hair_0.avi",
+            "brush_hair/b_brush_hair_1.avi",
+            "brush_hair/c_brush_hair_2.avi",
+            "ride_bike/a_ride_bike_0.avi",
+            "ride_bike/b_ride_bike_1.avi",
+        ],
+    )
     splits = tmp_path / "testTrainMulti_7030_splits"
     splits.mkdir()
-    (splits / "brush_hair_test_split1.txt").write_text("a_brush_hair_0.avi 1 \nb_brush_hair_1.avi 2 \nc_brush_hair_2.avi 0 \n")
+    (splits / "brush_hair_test_split1.txt").write_text(
+        "a_brush_hair_0.avi 1 \nb_brush_hair_1.avi 2 \nc_brush_hair_2.avi 0 \n"
+    )
     (splits / "ride_bike_test_split1.txt").write_text("a_ride_bike_0.avi 1\nb_ride_bike_1.avi 2\n")
     (splits / "ride_bike_test_split2.txt").write_text("a_ride_bike_0.avi 2\nb_ride_bike_1.avi 1\n")
     out = tmp_path / "hmdb"
     summary = prepare_data.main(_argv("hmdb51", {"--video_dir": str(videos), "--split_dir": str(splits)}, out))
-    assert _metadata(out, "train") == [{"file_name": "brush_hair/a_brush_hair_0.avi", "label": "brush hair"},
-                                       {"file_name": "ride_bike/a_ride_bike_0.avi", "label": "ride bike"}]
-    assert [r["file_name"] for r in _metadata(out, "test")] == ["brush_hair/b_brush_hair_1.avi",
-                                                                 "ride_bike/b_ride_bike_1.avi"]
+    assert _metadata(out, "train") == [
+        {"file_name": "brush_hair/a_brush_hair_0.avi", "label": "brush hair"},
+        {"file_name": "ride_bike/a_ride_bike_0.avi", "label": "ride bike"},
+    ]
+    assert [r["file_name"] for r in _metadata(out, "test")] == [
+        "brush_hair/b_brush_hair_1.avi",
+        "ride_bike/b_ride_bike_1.avi",
+    ]
     assert summary["splits"]["train"]["skipped_unused_by_the_fold"] == 1
     assert "1 unused by the fold" in capsys.readouterr().out
 
 
 def test_kinetics_csv_splits_labels_and_clip_names(tmp_path):
-    videos = _write_videos(tmp_path / "kinetics", ["train/abseiling/aaa_000010_000020.mp4",
-                                                   "train/air drumming/b_b_000000_000010.mp4",
-                                                   "val/abseiling/ccc_000005_000015.mp4", "val/ddd.mp4"])
-    rows = [["abseiling", "aaa", "10", "20", "train"], ["air drumming", "b_b", "0", "10", "train"],
-            ["air drumming", "zzz", "1", "11", "train"], ["abseiling", "ccc", "5", "15", "val"],
-            ["air_drumming", "ddd", "3", "13", "val"]]
+    videos = _write_videos(
+        tmp_path / "kinetics",
+        [
+            "train/abseiling/aaa_000010_000020.mp4",
+            "train/air drumming/b_b_000000_000010.mp4",
+            "val/abseiling/ccc_000005_000015.mp4",
+            "val/ddd.mp4",
+        ],
+    )
+    rows = [
+        ["abseiling", "aaa", "10", "20", "train"],
+        ["air drumming", "b_b", "0", "10", "train"],
+        ["air drumming", "zzz", "1", "11", "train"],
+        ["abseiling", "ccc", "5", "15", "val"],
+        ["air_drumming", "ddd", "3", "13", "val"],
+    ]
     _write_csv(tmp_path / "train.csv", ["label", "youtube_id", "time_start", "time_end", "split"], rows[:3])
     _write_csv(tmp_path / "validate.csv", ["label", "youtube_id", "time_start", "time_end", "split"], rows[3:])
     out = tmp_path / "k400"
-    summary = prepare_data.main(_argv("kinetics", {"--video_dir": str(videos), "--annotations": [
-        str(tmp_path / "train.csv"), str(tmp_path / "validate.csv")]}, out))
+    summary = prepare_data.main(
+        _argv(
+            "kinetics",
+            {
+                "--video_dir": str(videos),
+                "--annotations": [str(tmp_path / "train.csv"), str(tmp_path / "validate.csv")],
+            },
+            out,
+        )
+    )
     assert _splits(out) == ["train", "validation"]
     assert _metadata(out, "train") == [
         {"file_name": "train/abseiling/aaa_000010_000020.mp4", "label": "abseiling"},

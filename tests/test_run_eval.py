@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-import training.evaluation as evaluation
 from benchmarks import run_eval
 from modeling_stop import STOPModel, STOPProcessor
-from training import prepare_data
+from training import evaluation, prepare_data
 from training.data import VideoTextCollator, VideoTextDataset, load_video_text_dataset
 
 from .conftest import REPO_ROOT
@@ -58,7 +57,9 @@ def test_run_eval_on_prepared_msrvtt_matches_the_dense_metric_on_independent_emb
         assert metrics[key] == pytest.approx(value), key
 
     # Old flag names are aliases; the batch size does not change the numbers (the paper variant is batch-independent).
-    again = _eval(tmp_path, out, "--split", "test", "--batch_size", "1", "--max_samples", "2", "--mixed_precision", "no")
+    again = _eval(
+        tmp_path, out, "--split", "test", "--batch_size", "1", "--max_samples", "2", "--mixed_precision", "no"
+    )
     assert {k: again["metrics"][k] for k in expected} == {k: metrics[k] for k in expected}
 
 
@@ -85,8 +86,9 @@ def test_zero_shot_classification_on_prepared_ucf101_uses_prompt_ensembles(tmp_p
     from modeling_stop import embed_texts, embed_videos
 
     names = ["apply eye makeup", "yo yo"]
-    per_template = [embed_texts(model, processor, [t.replace("{label}", "{}").format(n) for n in names])
-                    for t in templates]
+    per_template = [
+        embed_texts(model, processor, [t.replace("{label}", "{}").format(n) for n in names]) for t in templates
+    ]
     classes = F.normalize(torch.stack(per_template).mean(0), dim=-1)
     data = load_video_text_dataset(str(out), caption_column=None, label_column="label")["test"]
     videos = embed_videos(model, processor, [row["video"]["path"] for row in data])

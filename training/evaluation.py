@@ -124,7 +124,12 @@ def embed_video_dataset(model, dataloader, accelerator=None, progress: bool = Fa
 
 @torch.no_grad()
 def embed_text_list(
-    model, processor, texts: list[str], batch_size: int = 256, accelerator=None, progress: bool = False,
+    model,
+    processor,
+    texts: list[str],
+    batch_size: int = 256,
+    accelerator=None,
+    progress: bool = False,
     desc: str = "Embedding texts",
 ) -> torch.Tensor:
     """Normalised text embeddings `[len(texts), E]` (float32, CPU), each text once; with several processes each
@@ -155,7 +160,12 @@ def format_template(template: str, name: str) -> str:
 
 
 def class_text_embeds(
-    model, processor, class_names: list[str], templates, batch_size: int = 256, accelerator=None,
+    model,
+    processor,
+    class_names: list[str],
+    templates,
+    batch_size: int = 256,
+    accelerator=None,
     progress: bool = False,
 ) -> torch.Tensor:
     """`[num_classes, E]` normalised class embeddings by prompt ensembling: every template's text embedding is
@@ -290,8 +300,16 @@ def rank_of_targets(text_embeds, video_embeds, text_to_video=None, chunk_size=10
 
 
 def evaluate_retrieval(
-    model, processor, dataset, dataloader, accelerator=None, chunk_size: int = 1024, text_batch_size: int = 256,
-    dsl_max_gallery: int = DSL_MAX_GALLERY, progress: bool = False, videos=None,
+    model,
+    processor,
+    dataset,
+    dataloader,
+    accelerator=None,
+    chunk_size: int = 1024,
+    text_batch_size: int = 256,
+    dsl_max_gallery: int = DSL_MAX_GALLERY,
+    progress: bool = False,
+    videos=None,
 ) -> dict:
     """Retrieval metrics of a `VideoTextDataset` split (every caption is a query).
 
@@ -321,8 +339,16 @@ def evaluate_retrieval(
 
 
 def evaluate_classification(
-    model, processor, dataset, dataloader, class_names: list[str], templates, accelerator=None,
-    text_batch_size: int = 256, progress: bool = False, videos=None,
+    model,
+    processor,
+    dataset,
+    dataloader,
+    class_names: list[str],
+    templates,
+    accelerator=None,
+    text_batch_size: int = 256,
+    progress: bool = False,
+    videos=None,
 ) -> dict:
     """Zero-shot recognition of a `VideoTextDataset` split with labels: top-1 / top-5 and mean per-class accuracy
     (percent) of `argmax(video_embeds @ class_embeds.T)`, class embeddings by prompt ensembling over `templates`.

@@ -105,7 +105,9 @@ def _clear_split(directory: Path):
     if not directory.exists():
         return
     if not (directory / "metadata.jsonl").exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} exists and is not an earlier prepare_data output: choose another --output_dir")
+        raise FileExistsError(
+            f"{directory} exists and is not an earlier prepare_data output: choose another --output_dir"
+        )
     shutil.rmtree(directory)
 
 
@@ -145,8 +147,7 @@ def write_dataset(name: str, splits: dict[str, Split], finder, video_index: Vide
                 f"(e.g. {expected!r}); check --video_dir"
             )
         with open(directory / "metadata.jsonl", "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         stats = {"rows": len(records), "videos": len(linked), "missing_videos": len(missing)}
         if "caption" in records[0]:
             stats["captions"] = sum(1 if isinstance(r["caption"], str) else len(r["caption"]) for r in records)
@@ -172,8 +173,11 @@ def format_summary(summary: dict, output_dir: Path) -> str:
         if "classes" in stats:
             parts.append(f"{stats['classes']} classes")
         parts.append(f"{stats['missing_videos']} missing videos")
-        parts += [f"{v} {k.removeprefix('skipped_').replace('_', ' ')}" for k, v in stats.items()
-                  if k.startswith("skipped_") and v]
+        parts += [
+            f"{v} {k.removeprefix('skipped_').replace('_', ' ')}"
+            for k, v in stats.items()
+            if k.startswith("skipped_") and v
+        ]
         total_missing += stats["missing_videos"]
         lines.append(f"  {split_name}: " + ", ".join(parts))
     if total_missing:
@@ -293,7 +297,11 @@ def msrvtt_splits(args, index: VideoIndex) -> dict[str, Split]:
 
 def activitynet_splits(args, index: VideoIndex) -> dict[str, Split]:
     splits = {}
-    for split_name, path in (("train", args.train_json), ("validation", args.validation_json), ("test", args.test_json)):
+    for split_name, path in (
+        ("train", args.train_json),
+        ("validation", args.validation_json),
+        ("test", args.test_json),
+    ):
         if not path:
             continue
         data = _read_json(path)
@@ -311,13 +319,17 @@ def activitynet_splits(args, index: VideoIndex) -> dict[str, Split]:
 
 
 def _find_activitynet(index: VideoIndex, video_id: str):
-    bare = video_id[2:] if video_id.startswith("v_") else video_id
+    bare = video_id.removeprefix("v_")
     return index.find(video_id, bare, "v_" + bare)
 
 
 def didemo_splits(args, index: VideoIndex) -> dict[str, Split]:
     splits = {}
-    for split_name, path in (("train", args.train_json), ("validation", args.validation_json), ("test", args.test_json)):
+    for split_name, path in (
+        ("train", args.train_json),
+        ("validation", args.validation_json),
+        ("test", args.test_json),
+    ):
         if not path:
             continue
         data = _read_json(path)
@@ -326,7 +338,9 @@ def didemo_splits(args, index: VideoIndex) -> dict[str, Split]:
         descriptions = defaultdict(list)
         for i, item in enumerate(data):
             _field(item, "times", path, f"item {i}")
-            descriptions[_field(item, "video", path, f"item {i}")].append(_field(item, "description", path, f"item {i}"))
+            descriptions[_field(item, "video", path, f"item {i}")].append(
+                _field(item, "description", path, f"item {i}")
+            )
         split = Split()
         for video_id, texts in descriptions.items():
             paragraph = _paragraph(texts)
@@ -371,7 +385,11 @@ def read_msvd_captions(path) -> dict[str, list[str]]:
 def msvd_splits(args, index: VideoIndex) -> dict[str, Split]:
     captions = read_msvd_captions(args.captions)
     splits = {}
-    for split_name, path in (("train", args.train_list), ("validation", args.validation_list), ("test", args.test_list)):
+    for split_name, path in (
+        ("train", args.train_list),
+        ("validation", args.validation_list),
+        ("test", args.test_list),
+    ):
         if not path:
             continue
         split = Split()
@@ -456,8 +474,13 @@ def hmdb51_splits(args, index: VideoIndex) -> dict[str, Split]:
     return splits
 
 
-KINETICS_SPLITS = {"train": "train", "val": "validation", "validate": "validation", "validation": "validation",
-                   "test": "test"}
+KINETICS_SPLITS = {
+    "train": "train",
+    "val": "validation",
+    "validate": "validation",
+    "validation": "validation",
+    "test": "test",
+}
 
 
 def kinetics_splits(args, index: VideoIndex) -> dict[str, Split]:
@@ -505,19 +528,28 @@ DATASETS = {
 def _common(parser: argparse.ArgumentParser, video_dir_help: str):
     parser.add_argument("--video_dir", required=True, help=video_dir_help + " (searched recursively)")
     parser.add_argument("--output_dir", required=True, help="the videofolder dataset to write")
-    parser.add_argument("--link", choices=LINK_MODES, default="symlink",
-                        help="how videos enter the output: symlink (default; falls back to hardlink, then copy)")
+    parser.add_argument(
+        "--link",
+        choices=LINK_MODES,
+        default="symlink",
+        help="how videos enter the output: symlink (default; falls back to hardlink, then copy)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.prepare_data", description=__doc__.split("\n\n")[0],
+        prog="python -m training.prepare_data",
+        description=__doc__.split("\n\n")[0],
         epilog="Run `python -m training.prepare_data NAME --help` for the inputs of NAME.",
     )
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("msrvtt", formatter_class=fmt, help="MSR-VTT text-video retrieval (1k-A test)", description="""\
+    p = sub.add_parser(
+        "msrvtt",
+        formatter_class=fmt,
+        help="MSR-VTT text-video retrieval (1k-A test)",
+        description="""\
 MSR-VTT. Writes train (one row per training video, `caption` = the list of all its captions: the 9k list gives
 9,000 rows and 180,000 captions) and test (one row per test video; with the 1k-A CSV one caption each).
 MSR-VTT has no validation split; --validation_size N carves N training videos (drawn with --seed) into one.
@@ -529,44 +561,60 @@ Inputs:
                  default: the videos of the JSON whose split is "train"
   --test_csv     the 1k-A test CSV, header `key,vid_key,video_id,sentence` (CLIP4Clip's MSRVTT_JSFUSION_test.csv),
                  one caption per test video; default: the JSON's "test" videos with all their captions
-  --video_dir    the folder of videoN.mp4 files (any extension is found by the stem)""")
+  --video_dir    the folder of videoN.mp4 files (any extension is found by the stem)""",
+    )
     _common(p, "folder of videoN.mp4")
     p.add_argument("--annotations", required=True, help="MSRVTT_data.json")
     p.add_argument("--train_csv", default=None, help="MSRVTT_train.9k.csv (header video_id)")
     p.add_argument("--test_csv", default=None, help="MSRVTT_JSFUSION_test.csv (header key,vid_key,video_id,sentence)")
     p.add_argument("--validation_size", type=int, default=0, help="training videos moved to a validation split")
-    p.add_argument("--one_row_per_caption", action="store_true",
-                   help="train split: one row per (video, caption) pair, so one epoch sees every pair (CLIP4Clip's "
-                        "epoch); default: one row per video with all its captions (train.py draws one per epoch)")
+    p.add_argument(
+        "--one_row_per_caption",
+        action="store_true",
+        help="train split: one row per (video, caption) pair, so one epoch sees every pair (CLIP4Clip's "
+        "epoch); default: one row per video with all its captions (train.py draws one per epoch)",
+    )
     p.add_argument("--seed", type=int, default=0, help="draw of --validation_size")
 
-    p = sub.add_parser("activitynet", formatter_class=fmt, help="ActivityNet Captions paragraph retrieval",
-                       description="""\
+    p = sub.add_parser(
+        "activitynet",
+        formatter_class=fmt,
+        help="ActivityNet Captions paragraph retrieval",
+        description="""\
 ActivityNet Captions, paragraph-to-video retrieval (as CLIP4Clip): one row per video whose `caption` is its
 sentences joined with spaces, in annotation order. The standard test split is val_1.json.
 Inputs:
   --train_json / --test_json / --validation_json   caption files of the release (train.json, val_1.json,
                  val_2.json): {"v_ID": {"duration": 82.7, "timestamps": [[0, 5.2], ...], "sentences": [...]}}
-  --video_dir    the videos, named v_ID.<ext> or ID.<ext>""")
+  --video_dir    the videos, named v_ID.<ext> or ID.<ext>""",
+    )
     _common(p, "folder of v_ID.mp4")
     p.add_argument("--train_json", default=None, help="train.json")
     p.add_argument("--validation_json", default=None, help="e.g. val_2.json (no standard validation split)")
     p.add_argument("--test_json", default=None, help="val_1.json (the standard test split)")
 
-    p = sub.add_parser("didemo", formatter_class=fmt, help="DiDeMo paragraph retrieval", description="""\
+    p = sub.add_parser(
+        "didemo",
+        formatter_class=fmt,
+        help="DiDeMo paragraph retrieval",
+        description="""\
 DiDeMo, paragraph-to-video retrieval (as CLIP4Clip): one row per video whose `caption` is the descriptions of
 all its moments joined with spaces, in annotation order (`times` is read but not used: the whole video is kept).
 Inputs:
   --train_json / --validation_json / --test_json   train_data.json, val_data.json, test_data.json of the release:
                  [{"video": "<file name>", "description": "...", "times": [[0, 0], ...], ...}, ...]
-  --video_dir    the videos, found by the "video" file name or by its stem (re-encoded .mp4 copies)""")
+  --video_dir    the videos, found by the "video" file name or by its stem (re-encoded .mp4 copies)""",
+    )
     _common(p, "folder of the DiDeMo videos")
     p.add_argument("--train_json", default=None, help="train_data.json")
     p.add_argument("--validation_json", default=None, help="val_data.json")
     p.add_argument("--test_json", default=None, help="test_data.json")
 
-    p = sub.add_parser("msvd", formatter_class=fmt, help="MSVD retrieval (several captions per test video)",
-                       description="""\
+    p = sub.add_parser(
+        "msvd",
+        formatter_class=fmt,
+        help="MSVD retrieval (several captions per test video)",
+        description="""\
 MSVD (YouTube2Text). One row per video with `caption` = the list of all its captions in every split, so the
 test split is evaluated with every caption as a query and V2T ranks over multiple captions.
 Inputs:
@@ -574,44 +622,60 @@ Inputs:
                  CLIP4Clip's raw-captions.pkl ({video id: [[token, ...], ...]}; read without running code)
   --train_list / --validation_list / --test_list   train_list.txt, val_list.txt, test_list.txt: one video id a line
                  (the standard 1,200 / 100 / 670 split)
-  --video_dir    the videos, <video id>.avi (any extension is found by the stem)""")
+  --video_dir    the videos, <video id>.avi (any extension is found by the stem)""",
+    )
     _common(p, "folder of <video id>.avi")
     p.add_argument("--captions", required=True, help="AllVideoDescriptions.txt or raw-captions.pkl")
     p.add_argument("--train_list", default=None, help="train_list.txt")
     p.add_argument("--validation_list", default=None, help="val_list.txt")
     p.add_argument("--test_list", default=None, help="test_list.txt")
 
-    p = sub.add_parser("ucf101", formatter_class=fmt, help="UCF101 recognition", description="""\
+    p = sub.add_parser(
+        "ucf101",
+        formatter_class=fmt,
+        help="UCF101 recognition",
+        description="""\
 UCF101 action recognition. `label` = the class folder made readable (ApplyEyeMakeup -> apply eye makeup);
 splits train and test of the chosen official fold.
 Inputs:
   --video_dir    the UCF-101 folder: <ClassFolder>/v_<Class>_gXX_cXX.avi
   --split_dir    ucfTrainTestlist: classInd.txt (`1 ApplyEyeMakeup`), trainlist0K.txt
                  (`ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`), testlist0K.txt (`ApplyEyeMakeup/...avi`)
-  --fold         K, 1-3 (default 1)""")
+  --fold         K, 1-3 (default 1)""",
+    )
     _common(p, "the UCF-101 folder of class folders")
     p.add_argument("--split_dir", required=True, help="ucfTrainTestlist")
     p.add_argument("--fold", type=int, choices=[1, 2, 3], default=1)
 
-    p = sub.add_parser("hmdb51", formatter_class=fmt, help="HMDB51 recognition", description="""\
+    p = sub.add_parser(
+        "hmdb51",
+        formatter_class=fmt,
+        help="HMDB51 recognition",
+        description="""\
 HMDB51 action recognition. `label` = the class folder made readable (brush_hair -> brush hair); splits train
 (marked 1) and test (marked 2) of the chosen official fold; videos marked 0 are in neither and counted.
 Inputs:
   --video_dir    the hmdb51 folder: <class>/<video>.avi
   --split_dir    testTrainMulti_7030_splits: <class>_test_split<K>.txt with lines `<video>.avi <0|1|2>`
-  --fold         K, 1-3 (default 1)""")
+  --fold         K, 1-3 (default 1)""",
+    )
     _common(p, "the HMDB51 folder of class folders")
     p.add_argument("--split_dir", required=True, help="testTrainMulti_7030_splits")
     p.add_argument("--fold", type=int, choices=[1, 2, 3], default=1)
 
-    p = sub.add_parser("kinetics", formatter_class=fmt, help="Kinetics-400/600/700 recognition", description="""\
+    p = sub.add_parser(
+        "kinetics",
+        formatter_class=fmt,
+        help="Kinetics-400/600/700 recognition",
+        description="""\
 Kinetics recognition. `label` = the CSV's label (underscores made spaces); the split column decides the split
 (train; val or validate -> validation; test). Rows without a label are counted and left out.
 Inputs:
   --annotations  one or more CSVs with header `label,youtube_id,time_start,time_end,split` (train.csv,
                  validate.csv, test.csv of the release; extra columns are ignored)
   --video_dir    the videos, named <youtube_id>_<time_start:06d>_<time_end:06d>.<ext> (the usual download
-                 naming) or <youtube_id>.<ext>, in any sub-folders""")
+                 naming) or <youtube_id>.<ext>, in any sub-folders""",
+    )
     _common(p, "folder of the Kinetics clips")
     p.add_argument("--annotations", nargs="+", required=True, help="train.csv validate.csv test.csv")
     return parser
