@@ -80,7 +80,7 @@ def _argv(name, inputs: dict, out: Path, *extra):
 def test_msrvtt_writes_train_and_1k_test_with_every_caption_and_lists_missing_videos(tmp_path, capsys):
     inputs = mini_msrvtt(tmp_path / "raw")
     out = tmp_path / "msrvtt"
-    summary = prepare_data.main(_argv("msrvtt", inputs, out))
+    summary = prepare_data.main(_argv("msrvtt", inputs, out, "--train_rows", "video"))
     printed = capsys.readouterr().out
 
     assert _splits(out) == ["test", "train"]  # no validation split unless asked for
@@ -115,16 +115,17 @@ def test_msrvtt_writes_train_and_1k_test_with_every_caption_and_lists_missing_vi
     assert Path(data["test"][1]["video"]["path"]).name == "video4.mp4"
 
 
-def test_msrvtt_validation_carved_from_train_and_one_row_per_caption(tmp_path):
+def test_msrvtt_validation_carved_from_train_and_one_row_per_caption_by_default(tmp_path, capsys):
     inputs = mini_msrvtt(tmp_path / "raw")
     first = prepare_data.main(_argv("msrvtt", inputs, tmp_path / "a", "--validation_size", "1"))
     again = prepare_data.main(_argv("msrvtt", inputs, tmp_path / "a", "--validation_size", "1"))  # rerun: same
     assert first["splits"] == again["splits"]
     train, validation = _metadata(tmp_path / "a", "train"), _metadata(tmp_path / "a", "validation")
-    assert len(train) == 2 and len(validation) == 1 and len(validation[0]["caption"]) == 3
+    assert len(train) == 6 and len(validation) == 1 and len(validation[0]["caption"]) == 3  # pairs / one row
     assert {r["file_name"] for r in train} | {validation[0]["file_name"]} == {"video0.mp4", "video1.mp4", "video2.mp4"}
 
-    pairs = prepare_data.main(_argv("msrvtt", inputs, tmp_path / "b", "--one_row_per_caption"))
+    pairs = prepare_data.main(_argv("msrvtt", inputs, tmp_path / "b"))
+    assert "train: 9 rows (3 videos), 9 captions, 1 missing videos" in capsys.readouterr().out
     rows = _metadata(tmp_path / "b", "train")
     assert pairs["splits"]["train"]["rows"] == 9 and pairs["splits"]["train"]["videos"] == 3
     assert [r["caption"] for r in rows[:3]] == [["clip 0 caption 0"], ["clip 0 caption 1"], ["clip 0 caption 2"]]
@@ -290,7 +291,13 @@ def test_msvd_keeps_every_caption_of_test_videos(tmp_path):
         "captions": 3,
         "missing": ["gone_1_2"],
     }
-    assert summary["splits"]["train"]["captions"] == 3 and summary["splits"]["train"]["rows"] == 2
+    train = summary["splits"]["train"]
+    assert (train["rows"], train["videos"], train["captions"]) == (3, 2, 3)  # one row per training pair
+    assert [r["caption"] for r in _metadata(out, "train")] == [
+        ["a squirrel is eating a peanut"],
+        ["a chipmunk eats"],
+        ["a man plays guitar"],
+    ]
 
     # CLIP4Clip's raw-captions.pkl gives the same dataset.
     captions = prepare_data.read_msvd_captions(inputs["--captions"])

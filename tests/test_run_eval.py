@@ -65,7 +65,7 @@ def test_run_eval_on_prepared_msrvtt_matches_the_dense_metric_on_independent_emb
 
 def test_run_eval_ranks_every_caption_of_msvd_test_videos(tmp_path):
     out = tmp_path / "msvd"
-    prepare_data.main(_argv("msvd", mini_msvd(tmp_path / "raw"), out))
+    prepare_data.main(_argv("msvd", mini_msvd(tmp_path / "raw"), out, "--train_rows", "video"))
     metrics = _eval(tmp_path, out, "--split", "train")["metrics"]
     # 2 train videos with 2 + 1 captions: every caption is a T2V query, V2T ranks each video's best caption.
     assert (metrics["num_videos"], metrics["num_texts"]) == (2, 3)
@@ -126,7 +126,7 @@ class FakeProcess:
 def test_sharded_embedding_gathers_every_video_and_text_once_in_dataset_order(tmp_path, stop_synthetic, monkeypatch):
     model, processor = stop_synthetic
     out = tmp_path / "msrvtt"
-    prepare_data.main(_argv("msrvtt", mini_msrvtt(tmp_path / "raw"), out, "--one_row_per_caption"))
+    prepare_data.main(_argv("msrvtt", mini_msrvtt(tmp_path / "raw"), out))
     split = load_video_text_dataset(str(out))["train"].select(range(5))
     dataset = VideoTextDataset(split, processor.video_processor)
     collate = VideoTextCollator(processor)

@@ -143,7 +143,7 @@ def write_dataset(name: str, splits: dict[str, Split], finder, video_index: Vide
         if not records:
             expected = split.rows[0][0] if split.rows else "?"
             raise FileNotFoundError(
-                f"{name} {split_name}: none of the {len(split.rows)} videos was found under {video_index.root} "
+                f"{name} {split_name}: none of the {len({video_id for video_id, _ in split.rows})} videos was found under {video_index.root} "
                 f"(e.g. {expected!r}); check --video_dir"
             )
         with open(directory / "metadata.jsonl", "w", encoding="utf-8") as f:
@@ -167,7 +167,7 @@ def format_summary(summary: dict, output_dir: Path) -> str:
     lines = [f"{summary['dataset']} -> {output_dir} (videos: {how or 'none'})"]
     total_missing = 0
     for split_name, stats in summary["splits"].items():
-        parts = [f"{stats['rows']} rows"]
+        parts = [f"{stats['rows']} rows" + (f" ({stats['videos']} videos)" if stats["videos"] != stats["rows"] else "")]
         if "captions" in stats:
             parts.append(f"{stats['captions']} captions")
         if "classes" in stats:
@@ -241,6 +241,20 @@ def _find_by_id(index: VideoIndex, video_id: str):
     return index.find(video_id, Path(video_id).stem)
 
 
+def caption_rows(ids, captions: dict[str, list[str]], per_caption: bool = False) -> Split:
+    """Rows of the videos `ids` with `caption` = the list of their captions, or (`per_caption`) one row per
+    (video, caption) pair, `caption` = `[text]` (a list in every split: `datasets` needs one type per column)."""
+    split = Split()
+    for video_id in ids:
+        if not captions.get(video_id):
+            split.skipped.setdefault("without_captions", []).append(video_id)
+        elif per_caption:
+            split.rows += [(video_id, {"caption": [text]}) for text in captions[video_id]]
+        else:
+            split.rows.append((video_id, {"caption": list(captions[video_id])}))
+    return split
+
+
 def msrvtt_splits(args, index: VideoIndex) -> dict[str, Split]:
     data = _read_json(args.annotations)
     sentences = _field(data, "sentences", args.annotations, "the annotation JSON")
@@ -262,8 +276,6 @@ def msrvtt_splits(args, index: VideoIndex) -> dict[str, Split]:
     train_ids = list(dict.fromkeys(train_ids))
     validation_ids = []
     if args.validation_size:
-        if args.validation_size >= len(train_ids):
-            raise ValueError(f"--validation_size {args.validation_size} leaves no training video of {len(train_ids)}")
         present = [v for v in train_ids if _find_by_id(index, v) is not None]  # drawn among downloaded videos
         if args.validation_size >= len(present):
             raise ValueError(f"--validation_size {args.validation_size} leaves no training video of {len(present)}")
@@ -271,27 +283,16 @@ def msrvtt_splits(args, index: VideoIndex) -> dict[str, Split]:
         validation_ids = [v for v in train_ids if v in chosen]
         train_ids = [v for v in train_ids if v not in chosen]
 
-    def captioned(ids, pairs: bool = False) -> Split:
-        split = Split()
-        for video_id in ids:
-            if not captions.get(video_id):
-                split.skipped.setdefault("without_captions", []).append(video_id)
-            elif pairs:
-                split.rows += [(video_id, {"caption": [text]}) for text in captions[video_id]]
-            else:
-                split.rows.append((video_id, {"caption": list(captions[video_id])}))
-        return split
-
-    splits = {"train": captioned(train_ids, pairs=args.one_row_per_caption)}
+    splits = {"train": caption_rows(train_ids, captions, per_caption=args.train_rows == "caption")}
     if validation_ids:
-        splits["validation"] = captioned(validation_ids)
+        splits["validation"] = caption_rows(validation_ids, captions)
     if args.test_csv:
         test = defaultdict(list)
         for row in _read_csv(args.test_csv, ("video_id", "sentence")):
             test[row["video_id"]].append(row["sentence"])
         splits["test"] = Split(rows=[(video_id, {"caption": texts}) for video_id, texts in test.items()])
     else:
-        splits["test"] = captioned(official["test"])
+        splits["test"] = caption_rows(official["test"], captions)
     return splits
 
 
@@ -392,13 +393,8 @@ def msvd_splits(args, index: VideoIndex) -> dict[str, Split]:
     ):
         if not path:
             continue
-        split = Split()
-        for video_id in dict.fromkeys(_read_lines(path)):
-            if captions.get(video_id):
-                split.rows.append((video_id, {"caption": list(captions[video_id])}))
-            else:
-                split.skipped.setdefault("without_captions", []).append(video_id)
-        splits[split_name] = split
+        per_caption = split_name == "train" and args.train_rows == "caption"
+        splits[split_name] = caption_rows(dict.fromkeys(_read_lines(path)), captions, per_caption)
     return splits
 
 
@@ -525,6 +521,17 @@ DATASETS = {
 }
 
 
+def _train_rows(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "--train_rows",
+        choices=["caption", "video"],
+        default="caption",
+        help="train split: one row per (video, caption) pair, so an epoch sees every pair as the authors' "
+        "CLIP4Clip-based code trains (default), or one row per video with the list of its captions "
+        "(train.py then draws one caption per video and epoch)",
+    )
+
+
 def _common(parser: argparse.ArgumentParser, video_dir_help: str):
     parser.add_argument("--video_dir", required=True, help=video_dir_help + " (searched recursively)")
     parser.add_argument("--output_dir", required=True, help="the videofolder dataset to write")
@@ -550,9 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         help="MSR-VTT text-video retrieval (1k-A test)",
         description="""\
-MSR-VTT. Writes train (one row per training video, `caption` = the list of all its captions: the 9k list gives
-9,000 rows and 180,000 captions) and test (one row per test video; with the 1k-A CSV one caption each).
-MSR-VTT has no validation split; --validation_size N carves N training videos (drawn with --seed) into one.
+MSR-VTT. Writes train (every caption of every training video: the 9k list gives 180,000 captions, as 180,000
+(video, caption) rows, or with --train_rows video as 9,000 rows whose `caption` lists the video's 20 captions)
+and test (one row per test video; with the 1k-A CSV one caption each). `caption` is a list of strings in every
+split. MSR-VTT has no validation split; --validation_size N carves N training videos (drawn with --seed among
+those found) into one, one row per video.
 Inputs:
   --annotations  the official annotation JSON (MSRVTT_data.json / train_val_videodatainfo.json):
                  {"videos": [{"video_id": "video0", "split": "train", ...}],
@@ -568,12 +577,7 @@ Inputs:
     p.add_argument("--train_csv", default=None, help="MSRVTT_train.9k.csv (header video_id)")
     p.add_argument("--test_csv", default=None, help="MSRVTT_JSFUSION_test.csv (header key,vid_key,video_id,sentence)")
     p.add_argument("--validation_size", type=int, default=0, help="training videos moved to a validation split")
-    p.add_argument(
-        "--one_row_per_caption",
-        action="store_true",
-        help="train split: one row per (video, caption) pair, so one epoch sees every pair (CLIP4Clip's "
-        "epoch); default: one row per video with all its captions (train.py draws one per epoch)",
-    )
+    _train_rows(p)
     p.add_argument("--seed", type=int, default=0, help="draw of --validation_size")
 
     p = sub.add_parser(
@@ -615,8 +619,9 @@ Inputs:
         formatter_class=fmt,
         help="MSVD retrieval (several captions per test video)",
         description="""\
-MSVD (YouTube2Text). One row per video with `caption` = the list of all its captions in every split, so the
-test split is evaluated with every caption as a query and V2T ranks over multiple captions.
+MSVD (YouTube2Text). Validation and test: one row per video with `caption` = the list of all its captions, so
+every caption is a query and V2T ranks over multiple captions; train: one row per (video, caption) pair (or, with
+--train_rows video, one row per video with its list).
 Inputs:
   --captions     AllVideoDescriptions.txt (lines `<video id> <caption>`, lines starting with # skipped) or
                  CLIP4Clip's raw-captions.pkl ({video id: [[token, ...], ...]}; read without running code)
@@ -629,6 +634,7 @@ Inputs:
     p.add_argument("--train_list", default=None, help="train_list.txt")
     p.add_argument("--validation_list", default=None, help="val_list.txt")
     p.add_argument("--test_list", default=None, help="test_list.txt")
+    _train_rows(p)
 
     p = sub.add_parser(
         "ucf101",
