@@ -100,7 +100,7 @@ def test_msrvtt_writes_train_and_1k_test_with_every_caption_and_lists_missing_vi
     }
     assert summary["splits"]["test"]["rows"] == 2 and summary["splits"]["test"]["captions"] == 2
     assert summary["link"] == {"symlink": 5}
-    assert "train: 3 rows, 9 captions, 1 missing videos" in printed
+    assert "train: 3 rows, 9 captions, 1 missing videos (video5)" in printed
     assert "test: 2 rows, 2 captions, 0 missing videos" in printed
     assert (out / "missing_videos.txt").read_text() == "train\tvideo5\n"
     # Linked, not copied.
@@ -125,7 +125,7 @@ def test_msrvtt_validation_carved_from_train_and_one_row_per_caption_by_default(
     assert {r["file_name"] for r in train} | {validation[0]["file_name"]} == {"video0.mp4", "video1.mp4", "video2.mp4"}
 
     pairs = prepare_data.main(_argv("msrvtt", inputs, tmp_path / "b"))
-    assert "train: 9 rows (3 videos), 9 captions, 1 missing videos" in capsys.readouterr().out
+    assert "train: 9 rows (3 videos), 9 captions, 1 missing videos (video5)" in capsys.readouterr().out
     rows = _metadata(tmp_path / "b", "train")
     assert pairs["splits"]["train"]["rows"] == 9 and pairs["splits"]["train"]["videos"] == 3
     assert [r["caption"] for r in rows[:3]] == [["clip 0 caption 0"], ["clip 0 caption 1"], ["clip 0 caption 2"]]

@@ -167,12 +167,15 @@ def format_summary(summary: dict, output_dir: Path) -> str:
     lines = [f"{summary['dataset']} -> {output_dir} (videos: {how or 'none'})"]
     total_missing = 0
     for split_name, stats in summary["splits"].items():
-        parts = [f"{stats['rows']} rows" + (f" ({stats['videos']} videos)" if stats["videos"] != stats["rows"] else "")]
+        videos = f" ({stats['videos']} videos)" if stats["videos"] != stats["rows"] else ""
+        parts = [f"{stats['rows']} rows{videos}"]
         if "captions" in stats:
             parts.append(f"{stats['captions']} captions")
         if "classes" in stats:
             parts.append(f"{stats['classes']} classes")
-        parts.append(f"{stats['missing_videos']} missing videos")
+        missing = stats["missing"]
+        shown = f" ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if missing else ""
+        parts.append(f"{stats['missing_videos']} missing videos{shown}")
         parts += [
             f"{v} {k.removeprefix('skipped_').replace('_', ' ')}"
             for k, v in stats.items()
