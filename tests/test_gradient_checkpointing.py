@@ -63,3 +63,28 @@ def test_checkpointing_is_off_by_default_and_in_eval():
     model.gradient_checkpointing_disable()
     with torch.no_grad():
         torch.testing.assert_close(model.get_video_features(_video()), eval_features, rtol=0, atol=0)
+
+
+def saved_activation_bytes(model, pixel_values, input_ids) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one training forward (activation memory)."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True).loss.backward()
+    return total
+
+
+def test_checkpointing_keeps_fewer_activations_for_the_backward_pass():
+    model = tiny_stop(variant="paper", clip_kwargs={"vision_layers": 4})
+    video, text = _video(), _text(n=2)
+    model.gradient_checkpointing_disable()
+    full = saved_activation_bytes(model, video, text)
+    model.gradient_checkpointing_enable()
+    checkpointed = saved_activation_bytes(model, video, text)
+    assert checkpointed < 0.7 * full, (checkpointed, full)
