@@ -142,8 +142,9 @@ def write_dataset(name: str, splits: dict[str, Split], finder, video_index: Vide
         missing_lines += [f"{split_name}\t{video_id}" for video_id in missing]
         if not records:
             expected = split.rows[0][0] if split.rows else "?"
+            num_videos = len({video_id for video_id, _ in split.rows})
             raise FileNotFoundError(
-                f"{name} {split_name}: none of the {len({video_id for video_id, _ in split.rows})} videos was found under {video_index.root} "
+                f"{name} {split_name}: none of the {num_videos} videos was found under {video_index.root} "
                 f"(e.g. {expected!r}); check --video_dir"
             )
         with open(directory / "metadata.jsonl", "w", encoding="utf-8") as f:
@@ -154,7 +155,11 @@ def write_dataset(name: str, splits: dict[str, Split], finder, video_index: Vide
         if "label" in records[0]:
             stats["classes"] = len({r["label"] for r in records})
         stats.update({f"skipped_{reason}": len(ids) for reason, ids in split.skipped.items()})
-        summary["splits"][split_name] = {**stats, "missing": missing}
+        summary["splits"][split_name] = {
+            **stats,
+            "missing": missing,
+            **({"skipped": split.skipped} if split.skipped else {}),
+        }
     summary["link"] = dict(links)
     (output_dir / "missing_videos.txt").write_text("".join(line + "\n" for line in missing_lines))
     (output_dir / "prepare_data.json").write_text(json.dumps(summary, indent=1))
