@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks import run_eval
@@ -27,6 +28,7 @@ def stop_synthetic():
 
 
 def _eval(tmp_path, dataset, *extra):
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run is a fresh process for accelerate
     out = tmp_path / "eval.json"
     run_eval.main(["--model_name_or_path", MODEL, "--dataset_name", str(dataset), "--output_json", str(out), *extra])
     return json.loads(out.read_text())
@@ -61,6 +63,11 @@ def test_run_eval_on_prepared_msrvtt_matches_the_dense_metric_on_independent_emb
         tmp_path, out, "--split", "test", "--batch_size", "1", "--max_samples", "2", "--mixed_precision", "no"
     )
     assert {k: again["metrics"][k] for k in expected} == {k: metrics[k] for k in expected}
+
+    # bf16 autocast through the Accelerator (the CPU supports it; fp16 needs a GPU).
+    bf16 = _eval(tmp_path, out, "--split", "test", "--mixed_precision", "bf16")
+    assert bf16["mixed_precision"] == "bf16" and bf16["metrics"]["num_videos"] == 2
+    assert bf16["metrics"]["t2v_R@5"] == 100.0 and 1.0 <= bf16["metrics"]["t2v_MnR"] <= 2.0
 
 
 def test_run_eval_ranks_every_caption_of_msvd_test_videos(tmp_path):
