@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
@@ -637,7 +638,7 @@ class STOPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "stop"
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer"]
 
     def freeze_backbone(self) -> None:
@@ -747,6 +748,7 @@ class STOPModel(STOPPreTrainedModel):
             self.temporal_gate = nn.Parameter(torch.zeros(()))
         # The released code lets padded frames take part in attention; the paper variant masks them out.
         self.mask_padded_frames = not official
+        self.gradient_checkpointing = False  # vision blocks; set by `gradient_checkpointing_enable()`
         self.post_init()
 
     @classmethod
@@ -848,9 +850,11 @@ class STOPModel(STOPPreTrainedModel):
         for i, layer in enumerate(vision.encoder.layers):
             if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
                 frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
-            global_tokens, frame_tokens = global_local_block(
-                layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid
-            )
+            block = (layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid)
+            if self.gradient_checkpointing and self.training:  # non-reentrant: else a frozen block passes no grad
+                global_tokens, frame_tokens = checkpoint(global_local_block, *block, use_reentrant=False)
+            else:
+                global_tokens, frame_tokens = global_local_block(*block)
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
             frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))

@@ -126,6 +126,7 @@ def parse_args(argv=None):
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                  "constant_with_warmup"])
     parser.add_argument("--num_warmup_steps", type=int, default=None, help="default: 10%% of the steps")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute vision blocks in backward")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: what `accelerate launch` / `accelerate config` set")
     parser.add_argument("--seed", type=int, default=42)
@@ -564,6 +565,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------------------ model
     model, processor = load_model_and_processor(args)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
                    label_column=args.label_column if is_classification else None, label_names=labels)
     train_dataset = VideoTextDataset(raw["train"], processor.video_processor, training=True,
