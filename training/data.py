@@ -15,6 +15,7 @@ seed and the epoch: a resumed run sees exactly the samples an uninterrupted run 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,6 +56,100 @@ def _resolve_path(value, base_dir: Path):
     return value
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether `--dataset_name` is meant as a local path rather than a Hub id (`name` or `namespace/name`)."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    if Path(name).suffix in _TABLE_BUILDERS or Path(name).suffix == ".tar":
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()  # "data/synthtic" where data/ is a local folder
+
+
+def _missing_local_path_error(name: str) -> FileNotFoundError:
+    path = Path(name).expanduser()
+    parent = next((p for p in path.parents if p.is_dir()), None)
+    hint = ""
+    if parent is not None:
+        entries = sorted(e.name for e in parent.iterdir() if not e.name.startswith("."))[:20]
+        hint = f"; {parent} exists and holds {entries}"
+    return FileNotFoundError(
+        f"--dataset_name {name}: no such local folder or file{hint}. Check the path (a Hub dataset id has the form "
+        "'name' or 'namespace/name')"
+    )
+
+
+def check_jsonl_files(files) -> None:
+    """Every non-blank line of each JSON Lines file must be a JSON object: else a `ValueError` naming the file and
+    the line number (the `json` builder's own error names neither)."""
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{file}, line {number}: not valid JSON ({err.msg} at column {err.colno}): "
+                                     f"{line.strip()[:120]!r}. Fix or remove the line") from None
+                if not isinstance(value, dict):
+                    raise ValueError(f"{file}, line {number}: expected a JSON object (one row), got "
+                                     f"{type(value).__name__}: {line.strip()[:120]!r}")
+
+
+def _jsonl_files(builder: str, kwargs: dict) -> list[Path]:
+    if builder == "videofolder":
+        root = Path(kwargs["data_dir"])
+        return sorted(root.glob("metadata.jsonl")) + sorted(root.glob("*/metadata.jsonl"))
+    return [Path(f) for f in kwargs.get("data_files", {}).values() if str(f).endswith(".jsonl")]
+
+
+def _split_source(dataset_name: str, split: str, builder: str | None, kwargs: dict) -> str:
+    """Where the rows of `split` come from, for error messages."""
+    if builder == "videofolder":
+        root = Path(kwargs["data_dir"])
+        files = sorted(root.glob(f"{split}/metadata.*")) or sorted(root.glob("metadata.*"))
+        return ", ".join(str(f) for f in files) or str(root)
+    if builder is not None:
+        return str(kwargs["data_files"].get(split, dataset_name))
+    return f"the Hub dataset {dataset_name}"
+
+
+def _row_video(ds, row: int, video_column: str) -> str:
+    value = ds[row][video_column]
+    if isinstance(value, dict):
+        return value.get("path") or "<bytes>"
+    return str(value)
+
+
+def validate_captions(ds, caption_column: str, video_column: str, split: str, source: str) -> None:
+    """Every row needs a non-empty caption string or a non-empty list of non-empty strings: else a `ValueError`
+    naming the row, its video, the split and the file it comes from."""
+    for row, value in enumerate(ds[caption_column]):
+        if isinstance(value, str):
+            problem = "an empty caption" if not value.strip() else None
+        elif value is None:
+            problem = "a null caption"
+        elif isinstance(value, (list, tuple)):
+            if not value:
+                problem = "an empty caption list"
+            elif any(not isinstance(c, str) for c in value):
+                bad = next(c for c in value if not isinstance(c, str))
+                problem = f"a caption list with a non-string item {bad!r}"
+            elif any(not c.strip() for c in value):
+                problem = "an empty caption in its list"
+            else:
+                problem = None
+        else:
+            problem = f"a caption of type {type(value).__name__} ({value!r})"
+        if problem is not None:
+            raise ValueError(
+                f"Row {row} of the {split} split (video {_row_video(ds, row, video_column)}, from {source}) has "
+                f"{problem} in column {caption_column!r}: every video needs a non-empty string or a non-empty list of "
+                "non-empty strings. Fix or remove the row"
+            )
+
+
 def load_video_text_dataset(
     dataset_name: str,
     dataset_config_name: str | None = None,
@@ -67,25 +162,40 @@ def load_video_text_dataset(
     """
     Load a video-text dataset as a `DatasetDict` with splits named `train` / `validation` / `test` (those present).
 
-    `dataset_name` is a Hub dataset id or a local folder / file. The video column becomes `Video(decode=False)`
-    (`{"path", "bytes"}`), or stays a column of paths (CSV / JSON; relative paths are resolved against the
-    folder of the data files). `caption_column` and `label_column` (each `None` when the task does not need
-    it) must exist in every split, else a `ValueError` names the column, the split and the columns there are.
+    `dataset_name` is a Hub dataset id or a local folder / file (a path-like name that does not exist is a
+    `FileNotFoundError`, not a Hub lookup). The video column becomes `Video(decode=False)` (`{"path", "bytes"}`), or
+    stays a column of paths (CSV / JSON; relative paths are resolved against the folder of the data files).
+    `caption_column` and `label_column` (each `None` when the task does not need it) must exist in every split, else
+    a `ValueError` names the column, the split and the columns there are. Captions are validated here (null, empty
+    string, empty list: a `ValueError` naming the row and file); JSON Lines files line by line (file and line named).
     """
-    path = Path(dataset_name)
-    base_dir = None
+    path = Path(dataset_name).expanduser()
+    base_dir, builder, kwargs = None, None, {}
     if path.exists():
         builder, kwargs = _local_builder(path)
         base_dir = (path.parent if path.is_file() else path).resolve()
-        raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
+        check_jsonl_files(_jsonl_files(builder, kwargs))
+        try:
+            raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise ValueError(f"--dataset_name {dataset_name}: the datasets {builder!r} loader could not read "
+                             f"{kwargs}: {type(cause).__name__}: {cause}") from err
+    elif _looks_like_path(dataset_name):
+        raise _missing_local_path_error(dataset_name)
     else:
-        raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        try:
+            raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        except Exception as err:
+            err.add_note(f"--dataset_name {dataset_name}: no local folder or file has this name either "
+                         f"(looked in {Path.cwd()})")
+            raise
 
-    splits = {}
+    splits, found_names = {}, {}
     for canonical, aliases in SPLIT_ALIASES.items():
         found = next((name for name in aliases if name in raw), None)
         if found is not None:
-            splits[canonical] = raw[found]
+            splits[canonical], found_names[canonical] = raw[found], found
     if "train" not in splits and "test" not in splits:
         raise ValueError(f"{dataset_name} has no train or test split (splits: {list(raw)})")
 
@@ -107,6 +217,9 @@ def load_video_text_dataset(
                 num_proc=num_proc,
                 desc=f"Resolving video paths ({split})",
             )
+        if caption_column is not None:
+            source = _split_source(dataset_name, found_names[split], builder, kwargs)
+            validate_captions(ds, caption_column, video_column, split, source)
         splits[split] = ds
     return DatasetDict(splits)
 
