@@ -122,31 +122,37 @@ def _row_video(ds, row: int, video_column: str) -> str:
     return str(value)
 
 
+def caption_problem(value) -> str | None:
+    """What is wrong with one row's caption value (`None` when it is a non-empty string or a non-empty list of
+    non-empty strings)."""
+    if isinstance(value, str):
+        return "an empty caption" if not value.strip() else None
+    if value is None:
+        return "a null caption"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "an empty caption list"
+        bad = next((c for c in value if not isinstance(c, str)), "")
+        if bad != "":
+            return f"a caption list with a non-string item {bad!r}"
+        if any(not c.strip() for c in value):
+            return "an empty caption in its list"
+        return None
+    return f"a caption of type {type(value).__name__} ({value!r})"
+
+
+CAPTION_FIX = "every video needs a non-empty string or a non-empty list of non-empty strings. Fix or remove the row"
+
+
 def validate_captions(ds, caption_column: str, video_column: str, split: str, source: str) -> None:
     """Every row needs a non-empty caption string or a non-empty list of non-empty strings: else a `ValueError`
     naming the row, its video, the split and the file it comes from."""
     for row, value in enumerate(ds[caption_column]):
-        if isinstance(value, str):
-            problem = "an empty caption" if not value.strip() else None
-        elif value is None:
-            problem = "a null caption"
-        elif isinstance(value, (list, tuple)):
-            if not value:
-                problem = "an empty caption list"
-            elif any(not isinstance(c, str) for c in value):
-                bad = next(c for c in value if not isinstance(c, str))
-                problem = f"a caption list with a non-string item {bad!r}"
-            elif any(not c.strip() for c in value):
-                problem = "an empty caption in its list"
-            else:
-                problem = None
-        else:
-            problem = f"a caption of type {type(value).__name__} ({value!r})"
+        problem = caption_problem(value)
         if problem is not None:
             raise ValueError(
                 f"Row {row} of the {split} split (video {_row_video(ds, row, video_column)}, from {source}) has "
-                f"{problem} in column {caption_column!r}: every video needs a non-empty string or a non-empty list of "
-                "non-empty strings. Fix or remove the row"
+                f"{problem} in column {caption_column!r}: {CAPTION_FIX}"
             )
 
 
@@ -272,7 +278,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
         self.video_processor = video_processor
         self.video_column, self.caption_column, self.label_column = video_column, caption_column, label_column
         self.label_to_id = {name: i for i, name in enumerate(label_names)} if label_names is not None else None
-        self.label_is_index = label_column is not None and isinstance(dataset.features[label_column], ClassLabel)
+        features = getattr(dataset, "features", None) or {}
+        self.label_is_index = label_column is not None and isinstance(features.get(label_column), ClassLabel)
         self.training = training
         self.sampling = sampling if training else "uniform"
         self.seed = seed
@@ -313,7 +320,10 @@ class VideoTextDataset(torch.utils.data.Dataset):
         return value  # a path, or a decoder / array from a custom dataset
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
+        return self.decode(self.dataset[index], index)
+
+    def decode(self, row: dict, index: int) -> dict:
+        """The item of `row` (sample number `index`: it seeds the caption and frame draws)."""
         generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
         try:
             source = self._source(row[self.video_column])
