@@ -11,10 +11,21 @@ import time
 import pytest
 
 from tests.test_data import Processor, video_processor
-from tests.test_train import ENV, backbone, max_weight_difference, run, train_args, train_losses  # noqa: F401
+from tests.test_train import (  # noqa: F401
+    ENV,
+    backbone,
+    max_weight_difference,
+    run,
+    train_args,
+    train_losses,
+)
 from tests.video_factory import moving_frames, write_video
 from training.data import VideoTextCollator
-from training.streaming import StreamSampler, build_streaming_dataloader, load_streaming_dataset
+from training.streaming import (
+    StreamSampler,
+    build_streaming_dataloader,
+    load_streaming_dataset,
+)
 
 CAPTIONS = ["a red circle moving left", "a blue square moving right", "a green star falling", "a dot rising",
             "a yellow ring growing", "a purple box shrinking"]

@@ -164,6 +164,7 @@ def load_video_text_dataset(
     label_column: str | None = None,
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    hub_splits: list[str] | None = None,
 ) -> DatasetDict:
     """
     Load a video-text dataset as a `DatasetDict` with splits named `train` / `validation` / `test` (those present).
@@ -174,6 +175,7 @@ def load_video_text_dataset(
     `caption_column` and `label_column` (each `None` when the task does not need it) must exist in every split, else
     a `ValueError` names the column, the split and the columns there are. Captions are validated here (null, empty
     string, empty list: a `ValueError` naming the row and file); JSON Lines files line by line (file and line named).
+    `hub_splits`: load only these splits of a Hub dataset (e.g. the evaluation splits beside a streamed train split).
     """
     path = Path(dataset_name).expanduser()
     base_dir, builder, kwargs = None, None, {}
@@ -191,7 +193,11 @@ def load_video_text_dataset(
         raise _missing_local_path_error(dataset_name)
     else:
         try:
-            raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+            if hub_splits is None:
+                raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+            else:
+                raw = DatasetDict({name: load_dataset(dataset_name, dataset_config_name, split=name, cache_dir=cache_dir)
+                                   for name in hub_splits})
         except Exception as err:
             err.add_note(f"--dataset_name {dataset_name}: no local folder or file has this name either "
                          f"(looked in {Path.cwd()})")
@@ -202,7 +208,7 @@ def load_video_text_dataset(
         found = next((name for name in aliases if name in raw), None)
         if found is not None:
             splits[canonical], found_names[canonical] = raw[found], found
-    if "train" not in splits and "test" not in splits:
+    if "train" not in splits and "test" not in splits and hub_splits is None:
         raise ValueError(f"{dataset_name} has no train or test split (splits: {list(raw)})")
 
     required = {"--video_column": video_column, "--caption_column": caption_column, "--label_column": label_column}

@@ -28,7 +28,13 @@ from accelerate.utils import send_to_device
 from datasets import DatasetDict, IterableDataset, Video, load_dataset
 from torch.utils.data import DataLoader, Sampler
 
-from .data import CAPTION_FIX, SPLIT_ALIASES, VideoTextDataset, caption_problem, load_video_text_dataset
+from .data import (
+    CAPTION_FIX,
+    SPLIT_ALIASES,
+    VideoTextDataset,
+    caption_problem,
+    load_video_text_dataset,
+)
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 
@@ -111,7 +117,8 @@ def load_streaming_dataset(dataset_name: str, dataset_config_name: str | None = 
     eval_names = [n for split in ("validation", "test") for n in SPLIT_ALIASES[split] if n in streamed]
     evals = DatasetDict()
     if eval_names:
-        full = load_video_text_dataset(dataset_name, dataset_config_name, **columns)
+        full = load_video_text_dataset(dataset_name, dataset_config_name, **columns,
+                                       hub_splits=None if path.exists() else eval_names)
         evals = DatasetDict({k: v for k, v in full.items() if k != "train"})
     return _cast_videos(streamed[train_name]), evals
 
@@ -210,7 +217,7 @@ class StreamingDataLoader:
     def set_epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
 
-    def skip(self, num_batches: int) -> "StreamingDataLoader":
+    def skip(self, num_batches: int) -> StreamingDataLoader:
         self.sampler.skip_batches = num_batches
         return self
 

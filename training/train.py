@@ -917,7 +917,7 @@ def main(argv=None):
         dataloader = resumed_batches(accelerator, train_dataloader, skip)
         skipped = state["skipped"].setdefault(str(epoch), [])
         bad_videos.start_epoch(len(skipped), skip * args.per_device_train_batch_size * accelerator.num_processes)
-        losses = []
+        losses, step_start = [], 0
         for batch_index, batch in enumerate(dataloader, start=skip):
             if completed_steps >= args.max_train_steps:
                 break
@@ -954,9 +954,12 @@ def main(argv=None):
                 continue
             completed_steps += 1
             progress_bar.update(1)
-            step_loss = float(np.mean(losses[-args.gradient_accumulation_steps:])) if losses else float("nan")
-            progress_bar.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch)
-            if completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps:
+            # A step in which no video decoded has no loss: it is not logged (never as NaN).
+            step_losses, step_start = losses[step_start:], len(losses)
+            step_loss = float(np.mean(step_losses)) if step_losses else None
+            progress_bar.set_postfix(loss="n/a" if step_loss is None else f"{step_loss:.4f}", epoch=epoch)
+            logging_step = completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps
+            if step_loss is not None and logging_step:
                 record = {"split": "train", "epoch": epoch + 1, "step": completed_steps, "loss": step_loss,
                           "lr": lr_scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 2)}
                 metrics_log.write(record)
