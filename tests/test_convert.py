@@ -206,7 +206,7 @@ def _convert_cli(checkpoint, output_dir, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--checkpoint", str(checkpoint),
                            "--output_dir", str(output_dir), *extra], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=REPO_ROOT)
+                          timeout=300, cwd=REPO_ROOT, check=False)
 
 
 def test_the_hostile_torchscript_archive_really_writes_its_file_when_jit_loaded(tmp_path):
@@ -262,7 +262,8 @@ def test_torchscript_is_read_only_behind_the_flag(tmp_path):
 
 def test_help_says_how_each_kind_of_file_is_read():
     result = subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--help"], capture_output=True,
-                            text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
+                            text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300,
+                            check=False)
     text = " ".join(result.stdout.split())
     assert "torch.load(weights_only=True)" in text and "--allow_torchscript" in text
     assert "torch.jit.load only with --allow_torchscript" in text

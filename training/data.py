@@ -93,7 +93,7 @@ def check_jsonl_files(files) -> None:
                     raise ValueError(f"{file}, line {number}: not valid JSON ({err.msg} at column {err.colno}): "
                                      f"{line.strip()[:120]!r}. Fix or remove the line") from None
                 if not isinstance(value, dict):
-                    raise ValueError(f"{file}, line {number}: expected a JSON object (one row), got "
+                    raise ValueError(  # noqa: TRY004 - bad file content, not a bad argumentf"{file}, line {number}: expected a JSON object (one row), got "
                                      f"{type(value).__name__}: {line.strip()[:120]!r}")
 
 

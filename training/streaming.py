@@ -89,7 +89,7 @@ def load_streaming_dataset(dataset_name: str, dataset_config_name: str | None = 
     A local folder with `.tar` shards is read as WebDataset; another local folder (videofolder, CSV / JSON) or a
     Hub id streams through its own builder."""
     path = Path(dataset_name).expanduser()
-    columns = dict(video_column=video_column, caption_column=caption_column, label_column=label_column)
+    columns = {"video_column": video_column, "caption_column": caption_column, "label_column": label_column}
     shards = webdataset_shards(path) if path.is_dir() else {}
     if shards:
         if "train" not in shards:

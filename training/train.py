@@ -699,8 +699,9 @@ def resumed_batches(accelerator, train_dataloader, skip: int):
 
 def load_splits(args, is_classification: bool):
     """`(streamed train split or None, DatasetDict)`: the map-style splits (with train unless streaming)."""
-    columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
-                   label_column=args.label_column if is_classification else None)
+    columns = {"video_column": args.video_column,
+               "caption_column": None if is_classification else args.caption_column,
+               "label_column": args.label_column if is_classification else None}
     if args.streaming:
         stream, raw = load_streaming_dataset(args.dataset_name, args.dataset_config_name, **columns)
         if args.max_train_samples is not None:
