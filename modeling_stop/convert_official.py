@@ -3,13 +3,17 @@
     python -m modeling_stop.convert_official --checkpoint PATH --output_dir DIR [--num_frames T]
 
 PATH may be what the authors' training script saves (a raw state dict, or a training checkpoint holding
-`state_dict`, keys optionally prefixed `module.`), a `.safetensors` file, or an OpenAI CLIP TorchScript
-`.pt` (which starts a fresh STOP model around that CLIP). Every dimension and the prompt generator mode are
-read from keys and shapes; `--num_frames` is needed only where the weights cannot tell (linear generator,
-plain CLIP).
+`state_dict`, keys optionally prefixed `module.`), a `.safetensors` file, or, with `--allow_torchscript`, an
+OpenAI CLIP TorchScript `.pt` (which starts a fresh STOP model around that CLIP). Every dimension and the prompt
+generator mode are read from keys and shapes; `--num_frames` is needed only where the weights cannot tell (linear
+generator, plain CLIP).
 
-Security: `.pt`/`.bin` files are read with `torch.load(weights_only=True)`; a TorchScript archive is
-executable code like a pickle: only convert TorchScript files from sources you trust.
+Security: the loader is chosen by the file name and the flags, never by the file's contents.
+- `*.safetensors`: `safetensors.torch.load_file` (tensors only, no code).
+- any other file (`.pth`, `.bin`, `.pt`, ...): `torch.load(weights_only=True)`, which refuses pickled code
+  (a reduce payload) and TorchScript archives without running anything from them.
+- only with `--allow_torchscript`: `torch.jit.load`. A TorchScript archive is a program (its `__setstate__`
+  runs on load, and can write files): pass the flag only for files from a source you trust.
 """
 
 from __future__ import annotations
@@ -27,22 +31,37 @@ from .modeling_stop import STOPModel
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat float32 state dict (unwrapped, `module.` stripped)."""
+def load_checkpoint(path: str | Path, allow_torchscript: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat float32 state dict (unwrapped, `module.` stripped).
+
+    `.safetensors` files go to safetensors; every other file to `torch.load(weights_only=True)`, or, only when
+    `allow_torchscript` is set, to `torch.jit.load` (which runs the archive's code: trusted files only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    elif _is_torchscript(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        state = _load_safetensors(path)
+    elif allow_torchscript:
+        try:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as err:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"{path}: --allow_torchscript was given but this is not a readable TorchScript "
+                             f"archive ({err}); drop the flag for a state dict / training checkpoint") from err
     else:
+        if _has_torchscript_records(path):
+            raise ValueError(
+                f"{path} is a TorchScript archive: executable code, not loaded by default. If it comes from a "
+                "source you trust (e.g. an OpenAI CLIP .pt), pass --allow_torchscript (torch.jit.load); otherwise "
+                "convert from a state dict (.pth/.bin) or a .safetensors file"
+            )
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"{path}: not a readable PyTorch/safetensors checkpoint ({err})") from err
+            raise ValueError(
+                f"{path}: not a readable PyTorch/safetensors checkpoint: torch.load(weights_only=True) refused it "
+                f"({err}). Files holding pickled code are never loaded; a trusted TorchScript archive needs "
+                "--allow_torchscript"
+            ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -56,7 +75,19 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_torchscript(path: Path) -> bool:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - a truncated or corrupt file: re-raised with the file name
+        raise ValueError(f"{path}: not a readable .safetensors file (truncated or corrupt? {err}); "
+                         "download or save it again") from err
+
+
+def _has_torchscript_records(path: Path) -> bool:
+    """Whether a zip file holds TorchScript records (read from the zip directory only: nothing is executed).
+    Used to refuse such files with a clear message, never to choose a loader."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -274,9 +305,12 @@ def convert_official_state(state: dict, num_frames: int | None = None, **overrid
     return model
 
 
-def convert(checkpoint: str | Path, num_frames: int | None = None, **overrides) -> STOPModel:
-    """Read any supported file and return a STOPModel (fresh STOP modules around a plain OpenAI CLIP)."""
-    state = load_checkpoint(checkpoint)
+def convert(checkpoint: str | Path, num_frames: int | None = None, allow_torchscript: bool = False,
+            **overrides) -> STOPModel:
+    """Read any supported file and return a STOPModel (fresh STOP modules around a plain OpenAI CLIP).
+
+    `allow_torchscript`: read the file with `torch.jit.load` (runs the archive's code: trusted files only)."""
+    state = load_checkpoint(checkpoint, allow_torchscript=allow_torchscript)
     if any(k.startswith("clip.") for k in state):
         return convert_official_state(state, num_frames=num_frames, **overrides)
     if "visual.proj" in state:  # a plain OpenAI CLIP (ViT)
@@ -290,16 +324,27 @@ def convert(checkpoint: str | Path, num_frames: int | None = None, **overrides) 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="TorchScript .pt files (OpenAI CLIP) are executable archives: convert them only from trusted sources.",
+        epilog="How files are read: *.safetensors with safetensors; any other file with torch.load(weights_only=True), "
+               "which refuses pickled code and TorchScript archives; torch.jit.load only with --allow_torchscript.",
     )
-    parser.add_argument("--checkpoint", required=True, help="official .pth/.bin/.pt/.safetensors file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="an official training checkpoint or state dict (.pth/.bin/.pt, read with "
+                             "torch.load(weights_only=True)), a .safetensors file (read with safetensors), or with "
+                             "--allow_torchscript an OpenAI CLIP TorchScript .pt")
     parser.add_argument("--output_dir", required=True, help="where to write the Hub-ready folder")
     parser.add_argument("--num_frames", type=int, default=None, help="frames per video (needed for the linear generator)")
     parser.add_argument("--max_words", type=int, default=32, help="text length the model was trained with")
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder/Hub id to save a processor with the model")
+    parser.add_argument("--allow_torchscript", action="store_true",
+                        help="read --checkpoint with torch.jit.load (OpenAI CLIP .pt files). A TorchScript archive runs "
+                             "its own code when loaded: use only for files from a source you trust")
     args = parser.parse_args(argv)
 
-    model = convert(args.checkpoint, num_frames=args.num_frames, max_words=args.max_words)
+    try:
+        model = convert(args.checkpoint, num_frames=args.num_frames, allow_torchscript=args.allow_torchscript,
+                        max_words=args.max_words)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        parser.exit(1, f"convert_official: error: {err}\n")
     model.save_pretrained(args.output_dir)
     if args.tokenizer:
         from .processing_stop import STOPProcessor

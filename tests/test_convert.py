@@ -1,7 +1,12 @@
 """The converter on checkpoints other than the fixture: other frame counts, batch sizes, the linear generator,
 DDP training checkpoints, plain OpenAI CLIP files (state dict and TorchScript)."""
 
+import os
+import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,7 +153,7 @@ def test_plain_openai_clip_starts_a_fresh_stop_model(tmp_path, fmt):
         _torchscript_archive(clip_state, path)
     else:
         torch.save(clip_state, path)
-    model = convert(path, num_frames=4)
+    model = convert(path, num_frames=4, allow_torchscript=fmt == "torchscript")
     for key, value in reference.clip.state_dict().items():
         torch.testing.assert_close(model.clip.state_dict()[key], value, rtol=0, atol=0)
     assert model.config.num_frames == 4 and model.config.vision_config.patch_size == 8
@@ -159,3 +164,116 @@ def test_unreadable_file_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pth"):
         convert(bad)
+
+
+# --------------------------------------------------------------------------------------------- hostile files
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _WritesOnLoad(nn.Module):
+    """A TorchScript module whose `__setstate__` (run by torch.jit.load) creates the file `target`."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.weight = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.target, self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]):
+        self.target = state[0]
+        # torch.from_file(shared=True) creates the file; the result is used so the call is not optimised away.
+        self.weight = state[1] + 0 * torch.from_file(self.target, True, 8, dtype=torch.uint8).float().sum()
+        self.training = state[2]
+
+
+class _ReducePayload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def _convert_cli(checkpoint, output_dir, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--checkpoint", str(checkpoint),
+                           "--output_dir", str(output_dir), *extra], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT, check=False)
+
+
+def test_the_hostile_torchscript_archive_really_writes_its_file_when_jit_loaded(tmp_path):
+    # The payload of the test below is live: torch.jit.load runs it.
+    target = tmp_path / "written"
+    torch.jit.save(torch.jit.script(_WritesOnLoad(str(target))), str(tmp_path / "evil.bin"))
+    assert not target.exists()
+    torch.jit.load(str(tmp_path / "evil.bin"))
+    assert target.exists()
+
+
+def test_a_torchscript_bin_is_refused_without_running_it_and_names_allow_torchscript(tmp_path):
+    target = tmp_path / "written"
+    torch.jit.save(torch.jit.script(_WritesOnLoad(str(target))), str(tmp_path / "evil.bin"))
+    result = _convert_cli(tmp_path / "evil.bin", tmp_path / "out")
+    assert result.returncode != 0
+    assert "--allow_torchscript" in result.stderr and "evil.bin" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not target.exists(), "the archive's __setstate__ ran"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["torch.save zip", "legacy pickle"])
+def test_a_pickle_with_a_reduce_payload_is_refused_without_running_it(tmp_path, fmt):
+    target = tmp_path / "written"
+    path = tmp_path / "evil.pth"
+    payload = {"state_dict": {"x": _ReducePayload(str(target))}}
+    if fmt == "legacy pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    assert not target.exists()
+    result = _convert_cli(path, tmp_path / "out")
+    assert result.returncode != 0 and "evil.pth" in result.stderr and "weights_only" in result.stderr
+    assert not target.exists(), "the pickle's reduce payload ran"
+    assert not (tmp_path / "out").exists()
+
+
+def test_torchscript_is_read_only_behind_the_flag(tmp_path):
+    reference = tiny_stop(num_frames=4)
+    path = tmp_path / "ViT-tiny.pt"
+    _torchscript_archive(_inverse_clip(reference), path)
+    with pytest.raises(ValueError, match="--allow_torchscript"):
+        convert(path, num_frames=4)
+    result = _convert_cli(path, tmp_path / "out", "--num_frames", "4", "--allow_torchscript")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    # With the flag, a file that is not TorchScript is an error, not silently read another way.
+    torch.save(_inverse_clip(reference), tmp_path / "state.pt")
+    with pytest.raises(ValueError, match="not a readable TorchScript"):
+        convert(tmp_path / "state.pt", num_frames=4, allow_torchscript=True)
+
+
+def test_help_says_how_each_kind_of_file_is_read():
+    result = subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--help"], capture_output=True,
+                            text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300,
+                            check=False)
+    text = " ".join(result.stdout.split())
+    assert "torch.load(weights_only=True)" in text and "--allow_torchscript" in text
+    assert "torch.jit.load only with --allow_torchscript" in text
+
+
+def test_a_truncated_safetensors_file_is_an_error_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(64, 64)}, tmp_path / "weights.safetensors")
+    data = (tmp_path / "weights.safetensors").read_bytes()
+    (tmp_path / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="weights.safetensors.*truncated"):
+        convert(tmp_path / "weights.safetensors")

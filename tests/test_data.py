@@ -160,3 +160,47 @@ def test_reversed_pair_accuracy_counts_videos_preferring_their_own_caption():
     assert results == {"pair_accuracy": 0.5, "pair_accuracy/fade": 0.5, "pair_accuracy/slide": 0.5}
     assert reversed_pair_accuracy(sim, ["a", "b", "c", "c"]) == {"pair_accuracy": 0.5}  # unpaired ids are ignored
     assert reversed_pair_accuracy(sim, ["a", "b", "c", "d"]) == {}
+
+
+# --------------------------------------------------------------------------------------------- bad inputs at load
+
+
+@pytest.mark.parametrize("caption, problem", [(None, "a null caption"), ([], "an empty caption list"),
+                                              ([None], "a caption list with a non-string item None"),
+                                              ("", "an empty caption"), ("   ", "an empty caption"),
+                                              (["ok", ""], "an empty caption in its list")])
+def test_bad_captions_are_rejected_at_load_naming_row_video_and_file(tmp_path, caption, problem):
+    root = make_videofolder(tmp_path / "data", splits=("train",))
+    rows = [json.loads(line) for line in (root / "train" / "metadata.jsonl").read_text().splitlines()]
+    column = "caption" if isinstance(caption, str) else "captions"  # a column of strings, or of lists
+    rows[1][column] = caption
+    (root / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError) as info:
+        load_video_text_dataset(str(root), caption_column=column)
+    message = str(info.value)
+    assert f"has {problem} in column {column!r}" in message
+    other = "captions" if column == "caption" else "caption"
+    row = next(i for i, r in enumerate(load_video_text_dataset(str(root), caption_column=other)["train"]["video"])
+               if r["path"].endswith("1.mp4"))
+    assert f"Row {row} of the train split" in message and "1.mp4" in message
+    assert str(root / "train" / "metadata.jsonl") in message
+
+
+def test_a_malformed_metadata_line_names_the_file_and_the_line(tmp_path):
+    root = make_videofolder(tmp_path / "data", splits=("train",))
+    lines = (root / "train" / "metadata.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:-5]  # cut off the end of the object
+    (root / "train" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metadata\.jsonl, line 2: not valid JSON"):
+        load_video_text_dataset(str(root))
+
+
+def test_a_mistyped_local_dataset_path_says_so_instead_of_blaming_the_hub(tmp_path, monkeypatch):
+    make_videofolder(tmp_path / "data" / "synthetic", splits=("train",))
+    monkeypatch.chdir(tmp_path)
+    for name in ("data/synthtic", str(tmp_path / "data" / "synthtic"), "./synthetic", "data/x/train.csv"):
+        with pytest.raises(FileNotFoundError, match="no such local folder or file") as info:
+            load_video_text_dataset(name)
+        assert "Hub" not in str(info.value).split("(a Hub dataset id")[0], name
+    with pytest.raises(FileNotFoundError, match=r"holds \['synthetic'\]"):
+        load_video_text_dataset("data/synthtic")

@@ -249,3 +249,100 @@ def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(ba
                    "--max_train_steps", "1", "--num_frames", "8"))
     config = json.loads((second / "config.json").read_text())
     assert config["variant"] == "paper" and config["num_frames"] == 4
+
+
+# --------------------------------------------------------------------------------------------- runs that must stop
+
+
+def run_failing(args, timeout=300):
+    result = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=timeout,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def assert_no_model_written(output_dir):
+    for name in ("model.safetensors", "config.json", "README.md", "all_results.json", "checkpoints/best"):
+        assert not (output_dir / name).exists(), name
+
+
+@pytest.mark.slow
+def test_undecodable_training_videos_beyond_the_bound_stop_the_run_naming_them_and_writing_no_model(backbone,
+                                                                                                     tmp_path):
+    data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
+    broken = sorted((data / "train").glob("*.mp4"))
+    for path in broken:
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    out = tmp_path / "out"
+    result = run_failing(train_args(backbone, data, out, "--per_device_train_batch_size", "4", "--max_train_steps",
+                                    "8", "--variant", "paper"))
+    # Batch 4 of 8 videos: 4 failures are at the bound (0.5), the 8th failure exceeds it: stopped in the 2nd batch.
+    assert "8 of 8 training videos failed to decode, more than --max_bad_video_fraction 0.5" in result.stderr
+    assert all(path.name in result.stderr for path in broken)
+    assert "Traceback" not in result.stderr
+    assert_no_model_written(out)
+    assert not [r for r in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_naming_the_batch_and_writing_no_model(backbone, tmp_path):
+    data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
+    out = tmp_path / "out"
+    # One SGD step at lr 1e30 without clipping sends the prompt weights to inf: the second loss is NaN.
+    result = run_failing(train_args(backbone, data, out, "--per_device_train_batch_size", "4", "--max_train_steps",
+                                    "4", "--variant", "paper", "--optimizer", "sgd", "--learning_rate", "1e30",
+                                    "--max_grad_norm", "0", "--num_warmup_steps", "0"))
+    assert "step 2: the training loss is nan" in result.stderr
+    named = [line.strip() for line in result.stderr.splitlines() if line.strip().endswith(".mp4")]
+    assert len(named) == 4 and all((data / "train").as_posix() in name for name in named)
+    assert_no_model_written(out)
+
+
+@pytest.mark.slow
+def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_validation_videos_are_named(backbone,
+                                                                                                       tmp_path):
+    data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
+    (data / "validation" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    row = json.loads((data / "validation" / "metadata.jsonl").read_text().splitlines()[0])
+    with open(data / "validation" / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({**row, "file_name": "broken.mp4", "caption": "a broken clip"}) + "\n")
+    out = tmp_path / "out"
+    common = ["--per_device_train_batch_size", "4", "--max_train_steps", "4", "--variant", "paper",
+              "--checkpointing_steps", "1"]
+    result = run(train_args(backbone, data, out, *common))
+
+    # Two newest checkpoints kept (default --checkpoints_total_limit 2), the model folder `best` besides them.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_3", "step_4"]
+    # Failed validation videos: named on the console and in metrics.jsonl, each evaluation.
+    assert "validation: 1 videos failed to decode and were left out" in result.stdout
+    assert "broken.mp4" in result.stdout
+    val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"validation"' in line]
+    assert len(val) == 3 and all(r["num_failed"] == 1 and "broken.mp4" in r["failed_videos"][0] for r in val)
+
+    resume = ["--resume_from_checkpoint", str(out / "checkpoints" / "step_3")]
+    refused = run_failing(train_args(backbone, data, out, *common, "--per_device_train_batch_size", "2",
+                                     "--learning_rate", "1e-3", *resume))
+    assert "--per_device_train_batch_size: checkpoint 4, now 2" in refused.stderr
+    assert "--learning_rate: checkpoint 0.005, now 0.001" in refused.stderr and "--allow_changed_args" in refused.stderr
+    allowed = run(train_args(backbone, data, out, *common, "--learning_rate", "1e-3", "--allow_changed_args",
+                             *resume))
+    assert "resuming from" in allowed.stderr and "--learning_rate: checkpoint 0.005, now 0.001" in allowed.stderr
+
+    model = out / "checkpoints" / "step_4" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    truncated = run_failing(train_args(backbone, data, out, *common, "--resume_from_checkpoint", "latest"))
+    assert f"{model}: not a readable .safetensors file (truncated" in truncated.stderr
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints_and_ignores_other_folders(tmp_path):
+    from training.train import STATE_FILE, rotate_checkpoints
+
+    for step in (1, 2, 3, 10):
+        (tmp_path / f"step_{step}").mkdir()
+        (tmp_path / f"step_{step}" / STATE_FILE).write_text(json.dumps({"completed_steps": step}))
+    (tmp_path / "best").mkdir()
+    (tmp_path / ".tmp-step_11").mkdir()
+    deleted = rotate_checkpoints(tmp_path, 2, keep=tmp_path / "step_3")
+    assert sorted(p.name for p in deleted) == ["step_1", "step_2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-step_11", "best", "step_10", "step_3"]
+    assert rotate_checkpoints(tmp_path, 0) == []

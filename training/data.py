@@ -15,6 +15,7 @@ seed and the epoch: a resumed run sees exactly the samples an uninterrupted run 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,6 +56,106 @@ def _resolve_path(value, base_dir: Path):
     return value
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether `--dataset_name` is meant as a local path rather than a Hub id (`name` or `namespace/name`)."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    if Path(name).suffix in _TABLE_BUILDERS or Path(name).suffix == ".tar":
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()  # "data/synthtic" where data/ is a local folder
+
+
+def _missing_local_path_error(name: str) -> FileNotFoundError:
+    path = Path(name).expanduser()
+    parent = next((p for p in path.parents if p.is_dir()), None)
+    hint = ""
+    if parent is not None:
+        entries = sorted(e.name for e in parent.iterdir() if not e.name.startswith("."))[:20]
+        hint = f"; {parent} exists and holds {entries}"
+    return FileNotFoundError(
+        f"--dataset_name {name}: no such local folder or file{hint}. Check the path (a Hub dataset id has the form "
+        "'name' or 'namespace/name')"
+    )
+
+
+def check_jsonl_files(files) -> None:
+    """Every non-blank line of each JSON Lines file must be a JSON object: else a `ValueError` naming the file and
+    the line number (the `json` builder's own error names neither)."""
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{file}, line {number}: not valid JSON ({err.msg} at column {err.colno}): "
+                                     f"{line.strip()[:120]!r}. Fix or remove the line") from None
+                if not isinstance(value, dict):
+                    raise ValueError(  # noqa: TRY004 - bad file content, not a bad argumentf"{file}, line {number}: expected a JSON object (one row), got "
+                                     f"{type(value).__name__}: {line.strip()[:120]!r}")
+
+
+def _jsonl_files(builder: str, kwargs: dict) -> list[Path]:
+    if builder == "videofolder":
+        root = Path(kwargs["data_dir"])
+        return sorted(root.glob("metadata.jsonl")) + sorted(root.glob("*/metadata.jsonl"))
+    return [Path(f) for f in kwargs.get("data_files", {}).values() if str(f).endswith(".jsonl")]
+
+
+def _split_source(dataset_name: str, split: str, builder: str | None, kwargs: dict) -> str:
+    """Where the rows of `split` come from, for error messages."""
+    if builder == "videofolder":
+        root = Path(kwargs["data_dir"])
+        files = sorted(root.glob(f"{split}/metadata.*")) or sorted(root.glob("metadata.*"))
+        return ", ".join(str(f) for f in files) or str(root)
+    if builder is not None:
+        return str(kwargs["data_files"].get(split, dataset_name))
+    return f"the Hub dataset {dataset_name}"
+
+
+def _row_video(ds, row: int, video_column: str) -> str:
+    value = ds[row][video_column]
+    if isinstance(value, dict):
+        return value.get("path") or "<bytes>"
+    return str(value)
+
+
+def caption_problem(value) -> str | None:
+    """What is wrong with one row's caption value (`None` when it is a non-empty string or a non-empty list of
+    non-empty strings)."""
+    if isinstance(value, str):
+        return "an empty caption" if not value.strip() else None
+    if value is None:
+        return "a null caption"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "an empty caption list"
+        bad = next((c for c in value if not isinstance(c, str)), "")
+        if bad != "":
+            return f"a caption list with a non-string item {bad!r}"
+        if any(not c.strip() for c in value):
+            return "an empty caption in its list"
+        return None
+    return f"a caption of type {type(value).__name__} ({value!r})"
+
+
+CAPTION_FIX = "every video needs a non-empty string or a non-empty list of non-empty strings. Fix or remove the row"
+
+
+def validate_captions(ds, caption_column: str, video_column: str, split: str, source: str) -> None:
+    """Every row needs a non-empty caption string or a non-empty list of non-empty strings: else a `ValueError`
+    naming the row, its video, the split and the file it comes from."""
+    for row, value in enumerate(ds[caption_column]):
+        problem = caption_problem(value)
+        if problem is not None:
+            raise ValueError(
+                f"Row {row} of the {split} split (video {_row_video(ds, row, video_column)}, from {source}) has "
+                f"{problem} in column {caption_column!r}: {CAPTION_FIX}"
+            )
+
+
 def load_video_text_dataset(
     dataset_name: str,
     dataset_config_name: str | None = None,
@@ -63,30 +164,51 @@ def load_video_text_dataset(
     label_column: str | None = None,
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    hub_splits: list[str] | None = None,
 ) -> DatasetDict:
     """
     Load a video-text dataset as a `DatasetDict` with splits named `train` / `validation` / `test` (those present).
 
-    `dataset_name` is a Hub dataset id or a local folder / file. The video column becomes `Video(decode=False)`
-    (`{"path", "bytes"}`), or stays a column of paths (CSV / JSON; relative paths are resolved against the
-    folder of the data files). `caption_column` and `label_column` (each `None` when the task does not need
-    it) must exist in every split, else a `ValueError` names the column, the split and the columns there are.
+    `dataset_name` is a Hub dataset id or a local folder / file (a path-like name that does not exist is a
+    `FileNotFoundError`, not a Hub lookup). The video column becomes `Video(decode=False)` (`{"path", "bytes"}`), or
+    stays a column of paths (CSV / JSON; relative paths are resolved against the folder of the data files).
+    `caption_column` and `label_column` (each `None` when the task does not need it) must exist in every split, else
+    a `ValueError` names the column, the split and the columns there are. Captions are validated here (null, empty
+    string, empty list: a `ValueError` naming the row and file); JSON Lines files line by line (file and line named).
+    `hub_splits`: load only these splits of a Hub dataset (e.g. the evaluation splits beside a streamed train split).
     """
-    path = Path(dataset_name)
-    base_dir = None
+    path = Path(dataset_name).expanduser()
+    base_dir, builder, kwargs = None, None, {}
     if path.exists():
         builder, kwargs = _local_builder(path)
         base_dir = (path.parent if path.is_file() else path).resolve()
-        raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
+        check_jsonl_files(_jsonl_files(builder, kwargs))
+        try:
+            raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise ValueError(f"--dataset_name {dataset_name}: the datasets {builder!r} loader could not read "
+                             f"{kwargs}: {type(cause).__name__}: {cause}") from err
+    elif _looks_like_path(dataset_name):
+        raise _missing_local_path_error(dataset_name)
     else:
-        raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        try:
+            if hub_splits is None:
+                raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+            else:
+                raw = DatasetDict({name: load_dataset(dataset_name, dataset_config_name, split=name, cache_dir=cache_dir)
+                                   for name in hub_splits})
+        except Exception as err:
+            err.add_note(f"--dataset_name {dataset_name}: no local folder or file has this name either "
+                         f"(looked in {Path.cwd()})")
+            raise
 
-    splits = {}
+    splits, found_names = {}, {}
     for canonical, aliases in SPLIT_ALIASES.items():
         found = next((name for name in aliases if name in raw), None)
         if found is not None:
-            splits[canonical] = raw[found]
-    if "train" not in splits and "test" not in splits:
+            splits[canonical], found_names[canonical] = raw[found], found
+    if "train" not in splits and "test" not in splits and hub_splits is None:
         raise ValueError(f"{dataset_name} has no train or test split (splits: {list(raw)})")
 
     required = {"--video_column": video_column, "--caption_column": caption_column, "--label_column": label_column}
@@ -107,6 +229,9 @@ def load_video_text_dataset(
                 num_proc=num_proc,
                 desc=f"Resolving video paths ({split})",
             )
+        if caption_column is not None:
+            source = _split_source(dataset_name, found_names[split], builder, kwargs)
+            validate_captions(ds, caption_column, video_column, split, source)
         splits[split] = ds
     return DatasetDict(splits)
 
@@ -159,7 +284,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
         self.video_processor = video_processor
         self.video_column, self.caption_column, self.label_column = video_column, caption_column, label_column
         self.label_to_id = {name: i for i, name in enumerate(label_names)} if label_names is not None else None
-        self.label_is_index = label_column is not None and isinstance(dataset.features[label_column], ClassLabel)
+        features = getattr(dataset, "features", None) or {}
+        self.label_is_index = label_column is not None and isinstance(features.get(label_column), ClassLabel)
         self.training = training
         self.sampling = sampling if training else "uniform"
         self.seed = seed
@@ -200,7 +326,10 @@ class VideoTextDataset(torch.utils.data.Dataset):
         return value  # a path, or a decoder / array from a custom dataset
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
+        return self.decode(self.dataset[index], index)
+
+    def decode(self, row: dict, index: int) -> dict:
+        """The item of `row` (sample number `index`: it seeds the caption and frame draws)."""
         generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
         try:
             source = self._source(row[self.video_column])

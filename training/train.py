@@ -14,7 +14,15 @@ The model is selected on the validation split (R@1 text-to-video / top-1 accurac
 on the test split. The best model, its processor, a model card, `all_results.json`, `metrics.jsonl` and
 `training_curves.png` end up at the root of `--output_dir`; checkpoints (`save_state`: model, optimizer, scheduler,
 RNG, data position) in `--output_dir/checkpoints/{step_N,epoch_N}`. A run killed at any point and resumed with
-`--resume_from_checkpoint latest` ends with the same weights as an uninterrupted run.
+`--resume_from_checkpoint latest` ends with the same weights as an uninterrupted run. Only the newest
+`--checkpoints_total_limit` step/epoch checkpoints are kept. Resuming with different run-shaping arguments (batch
+size, learning rate, schedule, data, seed, ...) is an error that lists them; `--allow_changed_args` resumes anyway.
+
+A run stops with a non-zero exit, naming the files, when more than `--max_bad_video_fraction` of an epoch's training
+videos fail to decode or when the loss is not finite; it then writes no final or best model.
+
+`--streaming` trains from a streamed train split (a Hub dataset, or local WebDataset `.tar` shards): see
+`training/streaming.py`. It needs `--max_train_steps`; resume is exact there too.
 
 Defaults are a CPU recipe: a new model over the embedded synthetic backbone (`checkpoints/clip-synthetic`), paper
 variant, 8 frames, batch 16, AdamW at 5e-3 with cosine decay, 5 epochs: about 4 minutes on 2 cores for the
@@ -64,6 +72,7 @@ from training.data import (  # noqa: E402
     split_pair_accuracy,
 )
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
+from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
 from training.synthetic import DEFAULT_CLIP  # noqa: E402
 
 logger = get_logger(__name__)
@@ -96,6 +105,14 @@ def parse_args(argv=None):
                              "head) and frames are sampled uniformly, compute the frozen frame features once and train "
                              "on them (same loss, many times faster)")
     parser.add_argument("--feature_cache_dir", default=None, help="also keep the frame-feature cache on disk here")
+    parser.add_argument("--max_bad_video_fraction", type=float, default=0.5,
+                        help="stop (non-zero exit, files named) when more than this share of an epoch's training "
+                             "videos fail to decode")
+    parser.add_argument("--streaming", action="store_true",
+                        help="stream the train split (Hub dataset, or local WebDataset .tar shards); needs "
+                             "--max_train_steps")
+    parser.add_argument("--shuffle_buffer_size", type=int, default=1000,
+                        help="--streaming: rows of the (deterministic, per-epoch seeded) shuffle buffer; 0: stream order")
     # Task
     parser.add_argument("--task", choices=["retrieval", "classification"], default="retrieval")
     parser.add_argument("--label_template", default="a video of {label}", help="class name -> text (classification)")
@@ -134,6 +151,11 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--checkpointing_steps", default=None, help="N (every N optimizer steps) or 'epoch'")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=2,
+                        help="keep only the newest N step/epoch checkpoints (0: keep all)")
+    parser.add_argument("--allow_changed_args", action="store_true",
+                        help="resume even when run-shaping arguments differ from the checkpoint's (with a warning; "
+                             "the data position is converted by samples seen)")
     parser.add_argument("--logging_steps", type=int, default=10, help="write the train loss every N steps")
     parser.add_argument("--with_tracking", action="store_true", help="also log through Accelerate's trackers")
     parser.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, ... or all")
@@ -144,6 +166,10 @@ def parse_args(argv=None):
 
     if args.checkpointing_steps not in (None, "epoch") and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps must be a number of steps or 'epoch', got {args.checkpointing_steps!r}")
+    if args.streaming and args.max_train_steps is None:
+        parser.error("--streaming needs --max_train_steps (a stream has no known length to derive it from)")
+    if not 0 <= args.max_bad_video_fraction <= 1:
+        parser.error(f"--max_bad_video_fraction must be in [0, 1], got {args.max_bad_video_fraction}")
     for item in args.stop_config_overrides:
         if "=" not in item:
             parser.error(f"--stop_config_overrides takes KEY=VALUE items, got {item!r}")
@@ -199,6 +225,8 @@ def load_model_and_processor(args):
             f"The default backbone {DEFAULT_CLIP} is missing: make it with `python training/pretrain_clip.py` or "
             "pass --model_name_or_path (a CLIP or STOP checkpoint: Hub id or folder)"
         )
+    if Path(args.model_name_or_path).is_dir():
+        check_safetensors_files(Path(args.model_name_or_path))
     config_dict, _ = PretrainedConfig.get_config_dict(args.model_name_or_path)
     if config_dict.get("model_type") == "stop":
         new_options = [n for n in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm",
@@ -326,7 +354,7 @@ def evaluate_retrieval(model, processor, dataset: VideoTextDataset, dataloader, 
     sim = (text_embeds @ video_embeds.t()).numpy()  # [texts, videos]
     results = metric.compute(predictions=sim, references=targets)
     results.update(split_pair_accuracy(sim, targets, indices, dataset.dataset))
-    results["num_failed"] = len(failed)
+    results["num_failed"], results["failed_videos"] = len(failed), failed
     return results
 
 
@@ -338,7 +366,7 @@ def evaluate_classification(model, processor, dataset, dataloader, metric, class
     scores = (video_embeds @ class_embeds.t()).numpy()
     results = metric.compute(predictions=scores, references=[labels[i] for i in indices])
     results.pop("per_class_accuracy")
-    results["num_failed"] = len(failed)
+    results["num_failed"], results["failed_videos"] = len(failed), failed
     return results
 
 
@@ -478,9 +506,9 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return best
 
 
-def save_checkpoint(accelerator, checkpoints_dir: Path, name: str, state: dict):
+def save_checkpoint(accelerator, checkpoints_dir: Path, name: str, state: dict, total_limit: int = 0):
     """`accelerator.save_state` into a temporary folder, then an atomic rename: a save that dies half-way never
-    touches the last good checkpoint."""
+    touches the last good checkpoint. Then only the newest `total_limit` checkpoints are kept (0: all)."""
     final = checkpoints_dir / name
     tmp = checkpoints_dir / f".tmp-{name}"
     if accelerator.is_main_process and tmp.exists():
@@ -497,7 +525,28 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, name: str, state: dict):
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
+        rotate_checkpoints(checkpoints_dir, total_limit, keep=final)
     accelerator.wait_for_everyone()
+
+
+def rotate_checkpoints(checkpoints_dir: Path, total_limit: int, keep: Path | None = None) -> list[Path]:
+    """Delete all but the `total_limit` complete checkpoints with the most optimizer steps (never `keep`, the one
+    just written, nor `best`, which is a model folder); returns the deleted folders."""
+    if total_limit <= 0:
+        return []
+    complete = []
+    for folder in checkpoints_dir.glob("*"):
+        if not folder.name.startswith(".") and (folder / STATE_FILE).exists():
+            complete.append((json.loads((folder / STATE_FILE).read_text())["completed_steps"], folder.name, folder))
+    complete.sort(reverse=True)
+    deleted = []
+    for _, _, folder in complete[total_limit:]:
+        if folder != keep:
+            old = folder.with_name(f".old-{folder.name}")
+            os.replace(folder, old)  # a crash mid-delete leaves a hidden folder, never a half checkpoint
+            shutil.rmtree(old)
+            deleted.append(folder)
+    return deleted
 
 
 def save_model(model: STOPModel, processor, directory: Path):
@@ -511,6 +560,166 @@ def save_model(model: STOPModel, processor, directory: Path):
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run guards: undecodable videos, non-finite loss, resume arguments, truncated files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TrainingAborted(RuntimeError):
+    """A run that cannot produce a meaningful model: stops with a non-zero exit and writes no model."""
+
+
+def check_safetensors_files(folder: Path):
+    """Every `*.safetensors` file of `folder` must be complete: else a `ValueError` naming it (the loaders' own
+    errors do not)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"{file}: not a readable .safetensors file (truncated or corrupt? {err}). Save or "
+                             "download it again, or resume from another checkpoint") from err
+
+
+class BadVideoGuard:
+    """Counts the training videos of an epoch that fail to decode, over all processes, and aborts the run when
+    more than `max_fraction` of them fail. `num_videos` is the split size (map-style: checked at every step), or
+    None for a stream (the share of the rows seen, checked once `min_rows` were seen and at the end of the epoch)."""
+
+    def __init__(self, max_fraction: float, num_videos: int | None, min_rows: int = 64):
+        self.max_fraction, self.num_videos, self.min_rows = max_fraction, num_videos, min_rows
+        self.seen = self.failed = 0
+
+    def start_epoch(self, num_failed: int, num_seen: int):
+        self.failed, self.seen = num_failed, num_seen
+
+    def update(self, num_seen: int, num_failed: int):
+        self.seen += num_seen
+        self.failed += num_failed
+
+    def exceeded(self, end_of_epoch: bool = False) -> bool:
+        if self.num_videos is not None:
+            return self.failed > self.max_fraction * self.num_videos
+        if not end_of_epoch and self.seen < self.min_rows:
+            return False
+        return self.seen > 0 and self.failed > self.max_fraction * self.seen
+
+    def abort(self, failures: list[str], epoch: int):
+        total = self.num_videos if self.num_videos is not None else self.seen
+        raise TrainingAborted(
+            f"epoch {epoch + 1}: {self.failed} of {total} training videos failed to decode, more than "
+            f"--max_bad_video_fraction {self.max_fraction}. Fix or remove these files (or raise the bound):\n  "
+            + "\n  ".join(failures)
+        )
+
+
+def all_failures(accelerator, failures: list[str]) -> list[str]:
+    """The failure messages of every process (a collective call: every process must make it)."""
+    return sorted(set(gather_object(failures))) if accelerator.num_processes > 1 else sorted(set(failures))
+
+
+def _video_names(dataset, indices) -> list[str]:
+    while not hasattr(dataset, "video_name") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return [dataset.video_name(int(i)) for i in indices]
+
+
+def abort_on_non_finite_loss(accelerator, loss: float, dataset, batch, step: int):
+    """Stops the run, naming the batch's videos, when the (process-averaged) loss is NaN or infinite."""
+    if math.isfinite(loss):
+        return
+    names = _video_names(dataset, batch["indices"].tolist())
+    names = sorted(set(gather_object(names))) if accelerator.num_processes > 1 else names
+    raise TrainingAborted(
+        f"step {step + 1}: the training loss is {loss}. Videos of the batch:\n  " + "\n  ".join(names)
+        + "\nLower --learning_rate, check these videos and the captions, or use --mixed_precision no"
+    )
+
+
+# Arguments that shape the run: a resumed run that changes them would not continue the interrupted one.
+RUN_SHAPING_ARGS = ("dataset_name", "dataset_config_name", "video_column", "caption_column", "label_column",
+                    "max_train_samples", "frame_sampling", "task", "label_template", "model_name_or_path",
+                    "per_device_train_batch_size", "gradient_accumulation_steps", "optimizer", "learning_rate",
+                    "weight_decay", "max_grad_norm", "max_train_steps", "lr_scheduler_type", "num_warmup_steps",
+                    "seed", "streaming", "shuffle_buffer_size", "stop_config_overrides", "variant", "num_frames")
+
+
+def run_shaping_args(args, num_processes: int) -> dict:
+    values = {name: getattr(args, name, None) for name in RUN_SHAPING_ARGS}
+    values["num_processes"] = num_processes
+    return values
+
+
+def check_resume_args(saved: dict | None, current: dict, state: dict, allow_changed: bool, checkpoint: Path) -> dict:
+    """Compares the run-shaping arguments of a checkpoint with this run's: a `ValueError` listing the differences
+    (unless `allow_changed`: then a warning, and the epoch's data position converted to this run's global batch).
+    Returns the state to resume from."""
+    if saved is None:
+        logger.warning(f"{checkpoint} records no run arguments (an older checkpoint): they cannot be checked")
+        return state
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if not changed:
+        return state
+    listed = "\n  ".join(f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
+    if not allow_changed:
+        raise ValueError(
+            f"Resuming from {checkpoint} with different run arguments:\n  {listed}\nThe resumed run would not "
+            "continue the interrupted one (data position, schedule). Pass the checkpoint's values, start a new "
+            "--output_dir, or pass --allow_changed_args to resume anyway"
+        )
+    old_batch = saved["per_device_train_batch_size"] * saved["num_processes"]
+    new_batch = current["per_device_train_batch_size"] * current["num_processes"]
+    state = dict(state, batches_in_epoch=state["batches_in_epoch"] * old_batch // new_batch)
+    logger.warning(
+        f"--allow_changed_args: resuming from {checkpoint} with different run arguments:\n  {listed}\nThe "
+        "optimizer, scheduler and RNG states come from the checkpoint (its learning-rate schedule continues); the "
+        f"data position is converted by samples seen ({state['batches_in_epoch']} batches of this run into the "
+        "epoch). This run will not match an uninterrupted one."
+    )
+    return state
+
+
+def report_eval_failures(accelerator, split: str, results: dict) -> dict:
+    """Prints the videos of an evaluation that failed to decode; returns the numeric results (for trackers)."""
+    failed = results.get("failed_videos") or []
+    if failed:
+        accelerator.print(f"{split}: {len(failed)} videos failed to decode and were left out:\n  " + "\n  ".join(failed))
+    return {k: v for k, v in results.items() if k != "failed_videos"}
+
+
+def resumed_batches(accelerator, train_dataloader, skip: int):
+    """The train loader starting after the first `skip` batches of the epoch."""
+    if not skip:
+        return train_dataloader
+    if hasattr(train_dataloader, "skip"):  # a streamed split: the stream is replayed without decoding
+        return train_dataloader.skip(skip)
+    return accelerator.skip_first_batches(train_dataloader, skip)
+
+
+def load_splits(args, is_classification: bool):
+    """`(streamed train split or None, DatasetDict)`: the map-style splits (with train unless streaming)."""
+    columns = {"video_column": args.video_column,
+               "caption_column": None if is_classification else args.caption_column,
+               "label_column": args.label_column if is_classification else None}
+    if args.streaming:
+        stream, raw = load_streaming_dataset(args.dataset_name, args.dataset_config_name, **columns)
+        if args.max_train_samples is not None:
+            stream = stream.take(args.max_train_samples)
+        if is_classification and not raw:
+            raise ValueError("--streaming --task classification reads the class names from the validation / test "
+                             f"splits, and {args.dataset_name} has neither")
+        return stream, raw
+    raw = load_video_text_dataset(args.dataset_name, args.dataset_config_name, num_proc=args.preprocessing_num_workers,
+                                  **columns)
+    if "train" not in raw:
+        raise ValueError(f"{args.dataset_name} has no train split (splits: {list(raw)})")
+    if args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+    return None, raw
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -545,18 +754,7 @@ def main(argv=None):
     # ------------------------------------------------------------------------------------------------ data
     is_classification = args.task == "classification"
     with accelerator.main_process_first():
-        raw = load_video_text_dataset(
-            args.dataset_name,
-            args.dataset_config_name,
-            video_column=args.video_column,
-            caption_column=None if is_classification else args.caption_column,
-            label_column=args.label_column if is_classification else None,
-            num_proc=args.preprocessing_num_workers,
-        )
-    if "train" not in raw:
-        raise ValueError(f"{args.dataset_name} has no train split (splits: {list(raw)})")
-    if args.max_train_samples is not None:
-        raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+        train_stream, raw = load_splits(args, is_classification)
     for split in ("validation", "test"):
         if split in raw and args.max_eval_samples is not None:
             raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
@@ -569,27 +767,38 @@ def main(argv=None):
         model.gradient_checkpointing_enable()
     columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
                    label_column=args.label_column if is_classification else None, label_names=labels)
-    train_dataset = VideoTextDataset(raw["train"], processor.video_processor, training=True,
-                                     sampling=args.frame_sampling, seed=args.seed, **columns)
+    train_dataset = None if args.streaming else VideoTextDataset(
+        raw["train"], processor.video_processor, training=True, sampling=args.frame_sampling, seed=args.seed, **columns)
     eval_datasets = {split: VideoTextDataset(raw[split], processor.video_processor, **columns)
                      for split in ("validation", "test") if split in raw}
     collator = VideoTextCollator(processor)
     train_collator = collator
     use_cache = (args.feature_cache == "auto" and model.uses_frozen_frame_features
-                 and args.frame_sampling == "uniform")
+                 and args.frame_sampling == "uniform" and not args.streaming)
     training_path = "cached frozen frame features" if use_cache else "end to end through the frozen backbone"
     logger.info(f"  Training path = {training_path}")
     if use_cache:
         cache = FrameFeatureCache.build(model.to(accelerator.device), train_dataset, args.per_device_eval_batch_size,
                                         args.dataloader_num_workers, args.feature_cache_dir, accelerator.device,
                                         disable_progress=not accelerator.is_local_main_process)
+        cache_guard = BadVideoGuard(args.max_bad_video_fraction, len(train_dataset))
+        cache_guard.update(len(train_dataset), len(cache.failed))
+        if cache_guard.exceeded():
+            cache_guard.abort(sorted(cache.failed), 0)
         train_dataset, train_collator = CachedFeatureDataset(train_dataset, cache), CachedFeatureCollator(processor)
-    train_dataloader = build_dataloader(train_dataset, train_collator, args.per_device_train_batch_size, shuffle=True,
-                                        drop_last=True, seed=args.seed, num_workers=args.dataloader_num_workers)
+    if args.streaming:
+        train_dataset, train_dataloader = build_streaming_dataloader(
+            train_stream, processor.video_processor, train_collator, args.per_device_train_batch_size,
+            accelerator.num_processes, accelerator.process_index, seed=args.seed, buffer_size=args.shuffle_buffer_size,
+            num_workers=args.dataloader_num_workers, device=accelerator.device, sampling=args.frame_sampling, **columns)
+    else:
+        train_dataloader = build_dataloader(train_dataset, train_collator, args.per_device_train_batch_size,
+                                            shuffle=True, drop_last=True, seed=args.seed,
+                                            num_workers=args.dataloader_num_workers)
     eval_dataloaders = {split: build_dataloader(ds, collator, args.per_device_eval_batch_size,
                                                 num_workers=args.dataloader_num_workers)
                         for split, ds in eval_datasets.items()}
-    if len(train_dataloader) < accelerator.num_processes:
+    if not args.streaming and len(train_dataloader) < accelerator.num_processes:
         raise ValueError(
             f"The train split ({len(train_dataset)} videos) holds fewer than one batch of "
             f"{args.per_device_train_batch_size} per process: lower --per_device_train_batch_size"
@@ -602,10 +811,10 @@ def main(argv=None):
     else:
         optimizer = torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9)
     # As in the examples: the schedule is computed on the sharded loader after `prepare` (below).
-    num_update_steps_per_epoch = math.ceil(
-        len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
-    )
-    if args.max_train_steps is None:
+    if args.max_train_steps is None:  # (--streaming requires it: a stream has no length)
+        num_update_steps_per_epoch = math.ceil(
+            len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
+        )
         args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
     num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else args.max_train_steps // 10
     lr_scheduler = get_scheduler(
@@ -619,8 +828,9 @@ def main(argv=None):
         model, optimizer, train_dataloader, lr_scheduler
     )
     eval_dataloaders = {split: accelerator.prepare(dl) for split, dl in eval_dataloaders.items()}
-    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+    if not args.streaming:  # streamed: up to --num_train_epochs passes over the stream, ending at --max_train_steps
+        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        args.num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
 
     if args.with_tracking:
@@ -638,16 +848,20 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------------------ resume
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    run_args = run_shaping_args(args, accelerator.num_processes)
     state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_epoch": None,
-             "skipped": {}, "elapsed": 0.0}
+             "skipped": {}, "elapsed": 0.0, "run_args": run_args}
     if args.resume_from_checkpoint:
         checkpoint = (latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest"
                       else Path(args.resume_from_checkpoint))
         if checkpoint is None:
             raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
+        check_safetensors_files(checkpoint)
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        state = check_resume_args(saved.get("run_args"), run_args, saved, args.allow_changed_args, checkpoint)
+        state["run_args"] = run_args
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
         metrics_log.truncate(state["completed_steps"], state["epoch"])
     else:  # a fresh run: nothing of an earlier run in this folder counts
         metrics_log.truncate(-1, -1)
@@ -656,7 +870,7 @@ def main(argv=None):
         accelerator.wait_for_everyone()
 
     logger.info("***** Running training *****")
-    logger.info(f"  Num examples = {len(train_dataset)}")
+    logger.info(f"  Num examples = {'streamed' if args.streaming else len(train_dataset)}")
     logger.info(f"  Num Epochs = {args.num_train_epochs}")
     logger.info(f"  Instantaneous batch size per device = {args.per_device_train_batch_size}")
     logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
@@ -680,8 +894,9 @@ def main(argv=None):
         record = {"split": "validation", "epoch": epoch, "step": completed_steps, **results,
                   "time": round(time.time() - start_time, 2)}
         metrics_log.write(record)
+        numeric = report_eval_failures(accelerator, "validation", results)
         if args.with_tracking:
-            accelerator.log({f"val_{k}": v for k, v in results.items()}, step=completed_steps)
+            accelerator.log({f"val_{k}": v for k, v in numeric.items()}, step=completed_steps)
         accelerator.print(f"epoch {epoch} validation: " + ", ".join(
             f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float)))
         if epoch > 0 and (state["best_metric"] is None or results[selection_metric] > state["best_metric"]):
@@ -697,6 +912,7 @@ def main(argv=None):
     logit_scale = unwrapped.clip.logit_scale
     if is_classification:
         class_inputs = processor(text=class_texts, padding="max_length").to(accelerator.device)
+    bad_videos = BadVideoGuard(args.max_bad_video_fraction, None if args.streaming else len(train_dataset))
     for epoch in range(state["epoch"], args.num_train_epochs):
         model.train()
         # The prepared loader re-seeds the sampler with its own epoch counter on every pass (and a skipping loader
@@ -704,16 +920,21 @@ def main(argv=None):
         train_dataloader.set_epoch(epoch)
         train_dataset.set_epoch(epoch)
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        dataloader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+        dataloader = resumed_batches(accelerator, train_dataloader, skip)
         skipped = state["skipped"].setdefault(str(epoch), [])
-        losses = []
+        bad_videos.start_epoch(len(skipped), skip * args.per_device_train_batch_size * accelerator.num_processes)
+        losses, step_start = [], 0
         for batch_index, batch in enumerate(dataloader, start=skip):
             if completed_steps >= args.max_train_steps:
                 break
             skipped += batch["failed"]
-            sizes = [len(batch["indices"])]
+            counts = [len(batch["indices"]), len(batch["failed"])]
             if accelerator.num_processes > 1:
-                sizes = accelerator.gather(torch.tensor(sizes, device=accelerator.device)).tolist()
+                counts = accelerator.gather(torch.tensor(counts, device=accelerator.device)).tolist()
+            sizes = counts[0::2]
+            bad_videos.update(sum(counts), sum(counts[1::2]))
+            if bad_videos.exceeded():
+                bad_videos.abort(all_failures(accelerator, skipped), epoch)
             with accelerator.accumulate(model):
                 # All processes skip together when one has nothing to train on (every sample failed to decode).
                 if min(sizes) > 0:
@@ -727,6 +948,7 @@ def main(argv=None):
                         loss = retrieval_loss(outputs, logit_scale, accelerator.num_processes)
                     accelerator.backward(loss)
                     losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
+                    abort_on_non_finite_loss(accelerator, losses[-1], train_dataset, batch, completed_steps)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                 args.max_grad_norm)
@@ -738,9 +960,12 @@ def main(argv=None):
                 continue
             completed_steps += 1
             progress_bar.update(1)
-            step_loss = float(np.mean(losses[-args.gradient_accumulation_steps:])) if losses else float("nan")
-            progress_bar.set_postfix(loss=f"{step_loss:.4f}", epoch=epoch)
-            if completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps:
+            # A step in which no video decoded has no loss: it is not logged (never as NaN).
+            step_losses, step_start = losses[step_start:], len(losses)
+            step_loss = float(np.mean(step_losses)) if step_losses else None
+            progress_bar.set_postfix(loss="n/a" if step_loss is None else f"{step_loss:.4f}", epoch=epoch)
+            logging_step = completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps
+            if step_loss is not None and logging_step:
                 record = {"split": "train", "epoch": epoch + 1, "step": completed_steps, "loss": step_loss,
                           "lr": lr_scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 2)}
                 metrics_log.write(record)
@@ -748,11 +973,13 @@ def main(argv=None):
                     accelerator.log({"train_loss": step_loss, "lr": record["lr"]}, step=completed_steps)
             if args.checkpointing_steps not in (None, "epoch") and completed_steps % int(args.checkpointing_steps) == 0:
                 save_checkpoint(accelerator, checkpoints_dir, f"step_{completed_steps}",
-                                checkpoint_state(epoch, batch_index + 1))
+                                checkpoint_state(epoch, batch_index + 1), args.checkpoints_total_limit)
 
         # Failures of every process, named, once per epoch.
-        failures = sorted(set(gather_object(skipped))) if accelerator.num_processes > 1 else sorted(set(skipped))
+        failures = all_failures(accelerator, skipped)
         state["skipped"][str(epoch)] = failures
+        if bad_videos.exceeded(end_of_epoch=True):
+            bad_videos.abort(failures, epoch)
         if failures:
             accelerator.print(f"epoch {epoch + 1}: skipped {len(failures)} videos that failed to decode:\n  "
                               + "\n  ".join(failures))
@@ -761,7 +988,8 @@ def main(argv=None):
         validate(epoch + 1)
         state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, checkpoints_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0))
+            save_checkpoint(accelerator, checkpoints_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0),
+                            args.checkpoints_total_limit)
         if completed_steps >= args.max_train_steps:
             break
 
@@ -779,6 +1007,7 @@ def main(argv=None):
     test_results = None
     if "test" in eval_datasets:
         test_results = run_evaluation("test")
+        numeric_test = report_eval_failures(accelerator, "test", test_results)
         metrics_log.write({"split": "test", "epoch": state["epoch"], "step": completed_steps, **test_results,
                            "time": round(time.time() - start_time, 2)})
         results.update({f"test_{k}": v for k, v in test_results.items()})
@@ -786,7 +1015,7 @@ def main(argv=None):
                                                if isinstance(v, float)))
     if args.with_tracking:
         if test_results:
-            accelerator.log({f"test_{k}": v for k, v in test_results.items()}, step=completed_steps)
+            accelerator.log({f"test_{k}": v for k, v in numeric_test.items()}, step=completed_steps)
         accelerator.end_training()
 
     if accelerator.is_main_process:
@@ -815,4 +1044,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingAborted as error:
+        sys.exit(f"Training stopped: {error}")
