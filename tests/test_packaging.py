@@ -50,8 +50,11 @@ def test_the_wheel_holds_the_model_package_and_no_checkout_scripts(wheel):
 def test_the_installed_package_works_from_an_empty_directory(wheel, tmp_path):
     target, empty, folder = tmp_path / "site", tmp_path / "empty", tmp_path / "saved"
     empty.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target),
-                    str(wheel)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
     assert {path.name for path in target.iterdir()} & CHECKOUT_PACKAGES == set()
     clip = tiny_clip_config()
     script = textwrap.dedent(f"""
@@ -75,8 +78,9 @@ def test_the_installed_package_works_from_an_empty_directory(wheel, tmp_path):
     # The target comes first on sys.path; the checkout (an editable install, the checkout .pth) may still be
     # further down, so the report says where each module came from.
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=empty, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=empty, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(report["package"]).is_relative_to(target), report
