@@ -20,9 +20,8 @@ CHECKOUT_PACKAGES = {"training", "benchmarks", "demo", "tests"}
 # What the build reads, plus the checkout's other top-level packages, which must stay out of the wheel.
 SOURCES = ("pyproject.toml", "README.md", "modeling_stop", *sorted(CHECKOUT_PACKAGES))
 
-pytestmark = pytest.mark.slow  # a wheel build and a fresh interpreter that imports torch: ~30-60 s here
 
-
+# The wheel tests are slow: a wheel build and a fresh interpreter that imports torch, ~30-60 s here.
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel of a copy of the sources (building in place would leave build/ and *.egg-info in the checkout)."""
@@ -38,6 +37,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_model_package_and_no_checkout_scripts(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
@@ -47,6 +47,7 @@ def test_the_wheel_holds_the_model_package_and_no_checkout_scripts(wheel):
     assert package_files and package_files <= set(names)
 
 
+@pytest.mark.slow
 def test_the_installed_package_works_from_an_empty_directory(wheel, tmp_path):
     target, empty, folder = tmp_path / "site", tmp_path / "empty", tmp_path / "saved"
     empty.mkdir()
@@ -89,3 +90,20 @@ def test_the_installed_package_works_from_an_empty_directory(wheel, tmp_path):
     # The saved folder carries the installed package's code for trust_remote_code, byte for byte.
     for name in ("configuration_stop.py", "modeling_stop.py"):
         assert (folder / name).read_bytes() == (target / "modeling_stop" / name).read_bytes(), name
+
+
+def test_make_checkout_path_puts_the_checkout_on_a_venvs_sys_path(tmp_path):
+    """What `make setup` adds after the editable install: the scripts' packages import from any directory."""
+    venv, empty = tmp_path / "venv", tmp_path / "empty"
+    empty.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "checkout-path", f"PY={python}"], check=True)
+    script = (
+        "import benchmarks.compare, training.defaults; print(training.defaults.__file__, benchmarks.compare.__file__)"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([str(python), "-c", script], cwd=empty, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = [Path(path) for path in result.stdout.split()]
+    assert paths == [REPO / "training" / "defaults.py", REPO / "benchmarks" / "compare.py"]
