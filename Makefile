@@ -9,7 +9,9 @@ export HF_DATASETS_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps test-system-deps test quickstart benchmark demo clean sync-checkpoints
+RUFF := $(VENV)/bin/ruff
+
+.PHONY: setup checkout-path system-deps test-system-deps lint format test quickstart benchmark demo clean sync-checkpoints
 
 # System packages through apt when we are root (CI, containers); otherwise a warning and the fallbacks.
 APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -30,7 +32,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[video,demo,dev]"
+	$(MAKE) --no-print-directory checkout-path
 	touch $@
+
+# The wheel holds `modeling_stop` only (see pyproject.toml); a .pth file puts this checkout on the venv's sys.path
+# so that `training`, `benchmarks` and `demo` import from it, whatever the working directory or script path.
+checkout-path:
+	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/stop_video_checkout.pth"
 
 .cache/sample_videos/.done:
 	$(PY) -m training.fetch_samples --output_dir .cache/sample_videos
@@ -54,7 +62,7 @@ quickstart: setup $(DATA)/test/metadata.jsonl
 	@$(PY) -m benchmarks.compare outputs/eval_clip_meanP.json $(OUT)/eval_test.json
 	@echo ""
 	@echo "Model folder: $(OUT) (AutoModel.from_pretrained('$(OUT)', trust_remote_code=True))"
-	@echo "Open the demo on it:  $(PY) demo/app.py --model $(OUT)"
+	@echo "Open the demo on it:  $(PY) demo/app.py --model $(OUT) --gallery checkpoints/stop-synthetic/gallery"
 
 # The results table of README / MODEL_CARD (every row trained with the same recipe and seeds).
 SEEDS ?= 0
@@ -65,7 +73,17 @@ benchmark: setup $(DATA)/test/metadata.jsonl
 .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz: | $(VENV)/.installed
 	$(PY) -c "from training.tokenizer import fetch_bpe_file; fetch_bpe_file()"
 
-test: setup test-system-deps .cache/sample_videos/.done .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz
+# Lint and format check (ruff, configured in pyproject.toml); `make test` runs them before the suite.
+lint: setup
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+# Rewrite the tree the way `make lint` wants it (import order, safe fixes, formatting).
+format: setup
+	$(RUFF) check --fix .
+	$(RUFF) format .
+
+test: setup lint test-system-deps .cache/sample_videos/.done .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz
 	$(PY) -m pytest tests
 
 # The code inside checkpoints/*/ is a copy of the package: refresh every .py a folder holds from modeling_stop/.

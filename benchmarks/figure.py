@@ -1,7 +1,11 @@
 """The README figure: a test clip's sampled frames with the regions the spatial prompt selects, and the temporal
-diagnostics (inserted tokens per gap for the paper variant, frame weights for the official one).
+diagnostics the model reports (prompt tokens inserted per gap, or a weight per frame).
 
-    python -m benchmarks.figure --model checkpoints/stop-synthetic --dataset_name data/synthetic --output docs/stop_regions.png
+    python -m benchmarks.figure --model checkpoints/stop-synthetic --dataset_name data/synthetic \
+        --output docs/stop_regions.png
+
+Which pixels a region cell covers is what the model says (an output field named `...layout`, else its spatial
+prompter's `layout`), so the figure draws any variant without knowing it.
 """
 
 import argparse
@@ -16,6 +20,7 @@ import torch  # noqa: E402
 
 from modeling_stop import STOPModel, STOPProcessor  # noqa: E402
 from modeling_stop.modeling_stop import grid_to_pixels  # noqa: E402
+from training.defaults import DEFAULT_STOP  # noqa: E402
 
 
 def overlay(pixel_values: torch.Tensor, mask: torch.Tensor, patch: int, layout: str, processor) -> np.ndarray:
@@ -28,9 +33,20 @@ def overlay(pixel_values: torch.Tensor, mask: torch.Tensor, patch: int, layout: 
     return (255 * (frames * (1 - 0.55 * region) + 0.55 * region * red)).astype(np.uint8)
 
 
+def mask_layout(model, outputs) -> str:
+    """How a `spatial_mask` cell maps to pixels, as the model states it: an output field whose name ends in
+    `layout` (at the top level or in a nested output), else the spatial prompter's `layout`; ViT patches otherwise."""
+    nested = [value for value in outputs.values() if isinstance(value, dict)]
+    for fields in (outputs, *nested):
+        for name, value in fields.items():
+            if isinstance(value, str) and name.endswith("layout"):
+                return value
+    return getattr(getattr(model, "spatial_prompter", None), "layout", None) or "patch"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="checkpoints/stop-synthetic")
+    parser.add_argument("--model", default=str(DEFAULT_STOP))
     parser.add_argument("--dataset_name", default="data/synthetic")
     parser.add_argument("--video", default=None, help="a video file (default: the first test clip)")
     parser.add_argument("--output", default="docs/stop_regions.png")
@@ -41,10 +57,11 @@ def main(argv=None):
     video = args.video or str(sorted((Path(args.dataset_name) / "test").glob("*.mp4"))[0])
     inputs = processor(videos=[video])
     with torch.no_grad():
-        out = model.encode_video(inputs["pixel_values"], inputs["video_mask"])
-    cfg = model.config
-    layout = "patch" if cfg.variant == "paper" else cfg.mask_layout
-    frames = overlay(inputs["pixel_values"][0], out.spatial_mask[0], cfg.patch_size, layout, processor)
+        out = model(pixel_values=inputs["pixel_values"], video_mask=inputs["video_mask"])
+    layout = mask_layout(model, out)
+    if out.spatial_mask is None:
+        raise ValueError(f"{args.model} reports no spatial_mask (no spatial prompt): there are no regions to draw")
+    frames = overlay(inputs["pixel_values"][0], out.spatial_mask[0], model.config.patch_size, layout, processor)
     t = frames.shape[0]
     fig, axes = plt.subplots(2, t, figsize=(1.6 * t, 3.6), gridspec_kw={"height_ratios": [3, 2]})
     for i in range(t):
