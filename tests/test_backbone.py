@@ -6,8 +6,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from training.pretrain_clip import evaluate_zero_shot, main, pixel_values
-from training.synthetic import DEFAULT_CLIP, render_still, sample_still
+from training.pretrain_clip import (
+    brightness_caption,
+    evaluate_zero_shot,
+    hard_negative_variant,
+    main,
+    parse_args,
+    pixel_values,
+    render_still_with_brightness,
+    sample_training_stills,
+)
+from training.synthetic import DEFAULT_CLIP, STILL_TEMPLATES, render_still, sample_still, still_caption
 from training.tokenizer import DEFAULT_CACHE, BPE_FILE_NAME, build_clip_tokenizer
 
 # openai/clip-vit-base-patch32's ids.
@@ -74,14 +83,65 @@ def test_backbone_retrieves_held_out_stills_zero_shot(backbone):
     assert results["text_to_image_R@5"] >= 0.9
 
 
+TINY = ["--max_train_steps", "2", "--per_device_train_batch_size", "16", "--hidden_size", "32",
+        "--num_hidden_layers", "1", "--projection_dim", "16", "--num_warmup_steps", "1", "--num_eval_stills", "20",
+        "--tokenizer_name", str(DEFAULT_CLIP), "--eval_steps", "0"]
+
+
+def _same_weights(a, b):
+    a, b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pretraining_is_deterministic_for_a_seed(tmp_path):
-    tiny = ["--max_train_steps", "2", "--per_device_train_batch_size", "16", "--hidden_size", "32",
-            "--num_hidden_layers", "1", "--projection_dim", "16", "--num_warmup_steps", "1", "--num_eval_stills", "20",
-            "--tokenizer_name", str(DEFAULT_CLIP)]
-    first = main(["--output_dir", str(tmp_path / "a"), *tiny])
-    second = main(["--output_dir", str(tmp_path / "b"), *tiny])
+    first = main(["--output_dir", str(tmp_path / "a"), "--checkpoint_dir", str(tmp_path / "sa"), *TINY])
+    second = main(["--output_dir", str(tmp_path / "b"), "--checkpoint_dir", str(tmp_path / "sb"), *TINY])
     assert first == second
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")
     assert json.loads((tmp_path / "a" / "config.json").read_text())["projection_dim"] == 16
     assert CLIPModel.from_pretrained(tmp_path / "a").config.text_config.hidden_size == 32
+
+
+def test_resumed_pretraining_is_bit_exact(tmp_path):
+    args = [*TINY, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoint_dir", str(tmp_path / "state")]
+    straight = main(["--output_dir", str(tmp_path / "straight"), *args])  # leaves the state of step 2 behind
+    resumed = main(["--output_dir", str(tmp_path / "resumed"), *args, "--resume"])
+    assert straight == resumed
+    assert _same_weights(tmp_path / "straight", tmp_path / "resumed")
+    with pytest.raises(ValueError, match="learning_rate"):
+        main(["--output_dir", str(tmp_path / "other"), *args, "--resume", "--learning_rate", "0.01"])
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        main(["--output_dir", str(tmp_path / "none"), *TINY, "--checkpoint_dir", str(tmp_path / "nowhere"), "--resume"])
+
+
+def test_brightness_captions_and_renders_extend_the_solid_ones():
+    for i in range(8):
+        spec = sample_still(np.random.default_rng(i), second_prob=0.5)
+        for template in range(STILL_TEMPLATES):
+            assert brightness_caption(spec, "solid", template) == still_caption(spec, template)
+        assert np.array_equal(render_still_with_brightness(spec, 1.0), render_still(spec))
+        faint = render_still_with_brightness(spec, 0.4).astype(int)
+        assert not np.array_equal(faint, render_still(spec))
+    spec = sample_still(np.random.default_rng(0))
+    caption = brightness_caption(spec, "faint")
+    assert caption == f"a {spec.size} faint {spec.colour} {spec.shape} " + caption.split(f"{spec.shape} ", 1)[1]
+    assert brightness_caption(spec, "faint", 3).startswith(f"a faint {spec.colour} {spec.shape}, {spec.size},")
+    with pytest.raises(ValueError, match="brightness"):
+        brightness_caption(spec, "dim")
+
+
+def test_hard_negative_groups_differ_from_their_first_still_in_one_attribute():
+    args = parse_args(["--per_device_train_batch_size", "32", "--hard_negative_share", "0.5"])
+    stills = sample_training_stills(np.random.default_rng(0), args)
+    assert len(stills) == 32
+    for g in range(0, 16, 4):
+        (anchor, brightness, _), *variants = stills[g : g + 4]
+        for spec, b, _ in variants:
+            assert spec.background == anchor.background
+            diff = [a for a in ("colour", "shape", "size", "position") if getattr(spec, a) != getattr(anchor, a)]
+            assert len(diff) + (b != brightness) == 1
+    spec = sample_still(np.random.default_rng(3))
+    moved, _, _ = hard_negative_variant(np.random.default_rng(0), spec, "solid", 1.0, "position")
+    assert moved.position != spec.position and moved.shape == spec.shape and moved.radius == spec.radius
+    with pytest.raises(ValueError, match="attribute"):
+        hard_negative_variant(np.random.default_rng(0), spec, "solid", 1.0, "texture")
