@@ -145,3 +145,13 @@ def test_hard_negative_groups_differ_from_their_first_still_in_one_attribute():
     assert moved.position != spec.position and moved.shape == spec.shape and moved.radius == spec.radius
     with pytest.raises(ValueError, match="attribute"):
         hard_negative_variant(np.random.default_rng(0), spec, "solid", 1.0, "texture")
+
+
+def test_the_trained_default_carries_its_own_frozen_clip():
+    # checkpoints/stop-synthetic stores every CLIP weight itself, so a new backbone here changes nothing for it.
+    stop = DEFAULT_CLIP.parent / "stop-synthetic"
+    if not (stop / "model.safetensors").exists():
+        pytest.fail(f"no trained default at {stop}")
+    stop_keys = {k[len("clip."):] for k in load_file(stop / "model.safetensors") if k.startswith("clip.")}
+    assert stop_keys == set(load_file(DEFAULT_CLIP / "model.safetensors"))
+    assert "clip-synthetic" not in (stop / "config.json").read_text()
