@@ -15,6 +15,7 @@ from training.pretrain_clip import (
     pixel_values,
     render_still_with_brightness,
     sample_training_stills,
+    training_batch,
 )
 from training.synthetic import DEFAULT_CLIP, STILL_TEMPLATES, render_still, sample_still, still_caption
 from training.tokenizer import DEFAULT_CACHE, BPE_FILE_NAME, build_clip_tokenizer
@@ -155,3 +156,17 @@ def test_the_trained_default_carries_its_own_frozen_clip():
     stop_keys = {k[len("clip."):] for k in load_file(stop / "model.safetensors") if k.startswith("clip.")}
     assert stop_keys == set(load_file(DEFAULT_CLIP / "model.safetensors"))
     assert "clip-synthetic" not in (stop / "config.json").read_text()
+
+
+def test_solid_batches_without_hard_negatives_are_the_first_recipe_batches(backbone):
+    tokenizer = backbone[1]
+    args = parse_args(["--per_device_train_batch_size", "8", "--faint_prob", "0", "--hard_negative_share", "0"])
+    pixels, text, same, labels = training_batch(3, args, tokenizer)
+    rng = np.random.default_rng([args.seed, 3])
+    specs = [sample_still(rng, args.second_object_prob) for _ in range(8)]
+    captions = [still_caption(spec, int(rng.integers(STILL_TEMPLATES))) for spec in specs]
+    expected = tokenizer(captions, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    assert torch.equal(text.input_ids, expected.input_ids)
+    assert torch.equal(pixels, pixel_values(np.stack([render_still(spec) for spec in specs])))
+    assert labels.shape == (8, 5) and (labels[:, 4] == 0).all()  # every still solid
+    assert torch.equal(same.diagonal(), torch.ones(8))

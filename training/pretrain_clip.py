@@ -151,7 +151,10 @@ def render_still_with_brightness(spec, opacity=1.0, size=64):
 
 
 def sample_brightness(rng, faint_prob):
-    """(brightness name, opacity) of a still's main object."""
+    """(brightness name, opacity) of a still's main object. With `faint_prob` 0 it draws nothing from `rng`, so that
+    `--faint_prob 0 --hard_negative_share 0` renders the batches of the first recipe (solid stills only)."""
+    if faint_prob <= 0:
+        return "solid", BRIGHTNESS["solid"][0]
     name = "faint" if rng.random() < faint_prob else "solid"
     low, high = BRIGHTNESS[name]
     return name, float(rng.uniform(low, high)) if high > low else low
