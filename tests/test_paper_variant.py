@@ -147,3 +147,26 @@ def test_frozen_clip_with_temporal_head_is_order_aware_and_trains_only_the_head(
         frames = model.get_frame_features(video)
         torch.testing.assert_close(model.get_video_features(video), model.pool_frame_features(frames))
         assert (model.pool_frame_features(frames) - model.pool_frame_features(frames.flip(1))).abs().max() > 1e-5
+
+
+def test_a_paper_folder_saved_by_the_first_layout_loads_with_its_saved_outputs():
+    """tests/fixtures/paper-v1: a tiny paper-variant folder (config + weights) saved by the first layout of this
+    variant, with fixed inputs and the outputs it gave. Its config has none of the later fields, so it must keep
+    computing exactly what it computed then."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from modeling_stop import STOPModel
+
+    folder = Path(__file__).parent / "fixtures" / "paper-v1"
+    data = load_file(folder / "expected.safetensors")
+    model = STOPModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        encoding = model.encode_video(data["inputs/pixel_values"], data["inputs/video_mask"])
+        text = model.get_text_features(data["inputs/input_ids"])
+    torch.testing.assert_close(encoding.video_features, data["outputs/video_features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(text, data["outputs/text_features"], atol=1e-5, rtol=0)
+    assert torch.equal(encoding.inserted_tokens, data["outputs/inserted_tokens"])
+    assert torch.equal(encoding.spatial_mask, data["outputs/spatial_mask"])
+    torch.testing.assert_close(encoding.frame_variation, data["outputs/frame_variation"], atol=1e-5, rtol=0)
