@@ -65,8 +65,8 @@ def test_paper_variant_works_for_other_geometries(clip_kwargs):
     assert torch.isfinite(out.logits_per_text).all()
 
 
-def test_diagnostics_report_selected_patches_and_bounded_insertions():
-    model = tiny_stop(variant="paper", max_inserted_tokens=3, insertion_scale=2.0)
+def test_first_layout_diagnostics_report_selected_patches_and_bounded_insertions():
+    model = tiny_stop(variant="paper", paper_version=1, max_inserted_tokens=3, insertion_scale=2.0)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     with torch.no_grad():
         out = model(input_ids=_text(), pixel_values=_video(), video_mask=mask)
@@ -84,7 +84,8 @@ def test_gradients_reach_every_trainable_module():
     model(input_ids=_text(), pixel_values=_video(), return_loss=True).loss.backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert dead == []
-    assert any(n.startswith("spatial_prompter.dynamics") for n, _ in model.named_parameters())
+    names = [n for n, _ in model.named_parameters()]
+    assert "spatial_prompter.layers.1.dynamics.weight" in names and "frame_identity.table" in names
 
 
 def test_parameters_do_not_depend_on_the_frame_count():
