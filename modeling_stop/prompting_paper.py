@@ -47,6 +47,25 @@ def _from_volume(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(3).permute(0, 2, 3, 1)
 
 
+class TokenConv3d(nn.Conv3d):
+    """A stride-1 "same" Conv3d over small token volumes [B, C, T, g, g], computed as one Conv2d over the frames with
+    the `kernel_size[0]` time-shifted copies stacked as channels (same parameters and function; on CPU several
+    times faster than the direct 3D convolution at these sizes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        kt, pad = self.kernel_size[0], self.padding[0]
+        padded = F.pad(x, (0, 0, 0, 0, pad, pad))
+        stacked = torch.stack([padded[:, :, i : i + t] for i in range(kt)], dim=1)  # [B, kt, C, T, h, w]
+        stacked = stacked.permute(0, 3, 1, 2, 4, 5).reshape(b * t, kt * c, h, w)
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, kt * c, *self.kernel_size[1:])
+        out = F.conv2d(stacked, weight, self.bias, padding=self.padding[1:])
+        return out.view(b, t, self.out_channels, h, w).transpose(1, 2)
+
+
 def first_layer_cls_attention(layer, tokens: torch.Tensor) -> torch.Tensor:
     """A frozen block's CLS-to-patch attention on tokens [B, T, 1 + N, D] (CLS first), mean over heads, renormalised
     over the patches: [B, T, N]."""
@@ -101,8 +120,8 @@ class STOPPaperLayerSpatialPrompter(nn.Module):
         super().__init__()
         width, hidden = config.vision_config.hidden_size, config.paper_hidden_dim
         self.reduce = nn.Linear(width, hidden)
-        self.dynamics = nn.Conv3d(hidden, 1, 3, padding=1)
-        self.conv = nn.Sequential(nn.Conv3d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv3d(hidden, hidden, 3, padding=1))
+        self.dynamics = TokenConv3d(hidden, 1)
+        self.conv = nn.Sequential(TokenConv3d(hidden, hidden), nn.ReLU(), TokenConv3d(hidden, hidden))
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, width))
         self.dropout = nn.Dropout(config.paper_dropout)
         self.grid, self.top_k, self.alpha = config.grid_size, config.spatial_top_k, config.attention_alpha
@@ -187,7 +206,7 @@ class STOPPaperTokenTemporalPrompter(nn.Module):
         self.top_k = config.spatial_top_k
         self.reduce = nn.Linear(width, hidden)
         self.attention = nn.MultiheadAttention(hidden, max(1, hidden // 32), batch_first=True)
-        self.conv = nn.Sequential(nn.Conv3d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv3d(hidden, hidden, 3, padding=1))
+        self.conv = nn.Sequential(TokenConv3d(hidden, hidden), nn.ReLU(), TokenConv3d(hidden, hidden))
         self.proj = nn.Linear(2 * hidden + 1, self.max_tokens * width)
         self.dropout = nn.Dropout(config.paper_dropout)
         self.variation_scaling = config.paper_variation_scaling
