@@ -46,7 +46,8 @@ class STOPConfig(PretrainedConfig):
         use_temporal_prompt (`bool`, defaults to `True`): STOP's inter-frame temporal prompting.
         adapter_dim (`int`, defaults to 32): bottleneck of the per-block adapter (`LoRA` in the authors' code).
         adapter_scale (`float`, defaults to 0.1): scale of the adapter branch.
-        spatial_prompt_scale (`float`, defaults to 0.05): scale of the spatial prompt.
+        spatial_prompt_scale (`float`, defaults to 0.05): scale of the spatial prompt (official; paper variant with
+            `paper_version=2`: of the token prompt added at every prompt layer).
         temporal_prompt_scale (`float`, defaults to 0.05): scale of the inter-frame prompt.
         spatial_top_k (`int`, defaults to 6): regions kept per frame (the authors' `eta`).
         prompter_channels (`tuple`, defaults to `(9, 9, 16)`): channels of the official pixel prompter convs.
@@ -70,12 +71,15 @@ class STOPConfig(PretrainedConfig):
         region_beta (`float`, defaults to 1.0): paper variant: the discriminative patches count `1 + beta` times
             in the frame descriptors whose change drives the inter-frame prompts (1.0 doubles them: the selected
             regions dominate without silencing the rest of the frame).
-        insertion_scale (`float`, defaults to 8.0): paper variant: gap i gets `ceil(insertion_scale * W_i)`
+        insertion_scale (`float`, defaults to 8.0): paper variant with `paper_version=1` or
+            `insertion_calibration="absolute"`: gap i gets `ceil(insertion_scale * W_i)`
             inserted prompt tokens, W_i = 1 - cos(frame i, frame i + 1) in [0, 2]. Frozen-CLIP frame descriptors
             of consecutive frames have cosine ~0.9-1, so 8 maps a typical change to 1-2 tokens and a cut to the
             bound.
-        max_inserted_tokens (`int`, defaults to 4): paper variant: bound per gap; the total per video is at most
-            `(num_frames - 1) * max_inserted_tokens` (padded slots are masked out of attention).
+        max_inserted_tokens (`int`, defaults to 4): paper variant: bound per gap (per gap and prompt layer with
+            `paper_version=2`, whose slots each prompt layer refills); the total per video is at most
+            `(num_frames - 1) * max_inserted_tokens` (times the number of prompt layers with `paper_version=2`);
+            empty slots are masked out of attention.
         paper_hidden_dim (`int`, defaults to 32): paper variant: channels of the token-space prompters (their
             cost stays a few percent of the backbone).
         paper_dropout (`float`, defaults to 0.1): paper variant: dropout of the prompters' outputs.

@@ -50,7 +50,8 @@ class STOPOutput(ModelOutput):
         frame_weights (`torch.FloatTensor` of shape `(num_videos, num_frames)`, *optional*): normalised frame
             weights of the official inter-frame prompt.
         frame_variation (`torch.FloatTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
-            variation of each gap between consecutive frames.
+            variation of each gap between consecutive frames (with per-layer prompting: the mean over the prompt
+            layers).
         inserted_tokens (`torch.LongTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
             prompt tokens inserted after each frame (with per-layer prompting: summed over the prompt layers).
         spatial_mask_per_layer (`torch.BoolTensor` of shape `(num_videos, prompt_layers, num_frames, grid, grid)`,

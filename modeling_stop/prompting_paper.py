@@ -388,6 +388,8 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
     local = local.to(tokens.dtype).unsqueeze(1).expand(-1, b, -1, -1, -1)  # [L, B, T, P, D]
     if model.frame_identity is not None:
         local = local + model.frame_identity(video_mask).to(tokens.dtype)[None, :, :, None]
+    if model.frame_positions is not None:  # `frame_position_embeddings`: absolute frame positions
+        local = local + model.frame_positions.weight[:t, None].to(tokens.dtype)
 
     frame_tokens = torch.cat([tokens[:, :, :1], local[0], tokens[:, :, 1:], tokens.new_zeros(b, t, slots, width)], 2)
     seq = frame_tokens.shape[2]
