@@ -85,23 +85,23 @@ class STOPFrameIdentity(nn.Module):
 
     def __init__(self, rows: int, width: int):
         super().__init__()
-        self.table = nn.Parameter(torch.empty(rows, width))
+        self.position_embeddings = nn.Parameter(torch.empty(rows, width))
         self.reset_parameters()
 
     def reset_parameters(self):
-        nn.init.normal_(self.table, std=0.02)  # small distinct rows: frames differ from the first step
+        nn.init.normal_(self.position_embeddings, std=0.02)  # small distinct rows: frames differ from the first step
 
     def forward(self, video_mask: torch.Tensor) -> torch.Tensor:
         """video_mask [B, T] -> identity embeddings [B, T, D] (zero on padded frames)."""
         valid = video_mask.bool()
-        index = (valid.long().cumsum(-1) - 1).clamp_min(0).to(self.table.dtype)  # [B, T]
-        count = valid.sum(-1, keepdim=True).to(self.table.dtype)
-        rows = self.table.shape[0]
+        index = (valid.long().cumsum(-1) - 1).clamp_min(0).to(self.position_embeddings.dtype)  # [B, T]
+        count = valid.sum(-1, keepdim=True).to(self.position_embeddings.dtype)
+        rows = self.position_embeddings.shape[0]
         position = index / (count - 1).clamp_min(1) * (rows - 1)  # in [0, rows - 1]
         low = position.floor().long().clamp(max=rows - 1)
         high = (low + 1).clamp(max=rows - 1)
         frac = (position - low.to(position.dtype)).unsqueeze(-1)
-        embedding = self.table[low] * (1 - frac) + self.table[high] * frac
+        embedding = self.position_embeddings[low] * (1 - frac) + self.position_embeddings[high] * frac
         return embedding * valid.unsqueeze(-1).to(embedding.dtype)
 
 

@@ -85,7 +85,7 @@ def test_gradients_reach_every_trainable_module():
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert dead == []
     names = [n for n, _ in model.named_parameters()]
-    assert "spatial_prompter.layers.1.dynamics.weight" in names and "frame_identity.table" in names
+    assert "spatial_prompter.layers.1.dynamics.weight" in names and "frame_identity.position_embeddings" in names
 
 
 def test_parameters_do_not_depend_on_the_frame_count():
@@ -284,7 +284,7 @@ def test_tokens_inserted_after_a_frame_are_seen_by_both_neighbouring_frames_only
 
 def test_a_model_built_for_8_frames_runs_on_4_and_16_with_interpolated_frame_identity():
     model = tiny_stop(variant="paper", num_frames=8)
-    table = model.frame_identity.table.detach()
+    table = model.frame_identity.position_embeddings.detach()
     identity = model.frame_identity(torch.ones(1, 8, dtype=torch.long))[0]
     torch.testing.assert_close(identity, table, rtol=0, atol=1e-7)  # the trained frame count reads its own rows
     fifteen = model.frame_identity(torch.ones(1, 15, dtype=torch.long))[0]
