@@ -28,7 +28,12 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
-from .prompting_paper import STOPFrameIdentity, STOPPaperSpatialPrompting, STOPPaperTemporalPrompting, encode_paper_video
+from .prompting_paper import (
+    STOPFrameIdentity,
+    STOPPaperSpatialPrompting,
+    STOPPaperTemporalPrompting,
+    encode_paper_video,
+)
 
 
 @dataclass

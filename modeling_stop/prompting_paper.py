@@ -21,8 +21,6 @@ This file only depends on torch: `modeling_stop.py` imports it relatively, so `s
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -214,7 +212,7 @@ class STOPPaperTokenTemporalPrompter(nn.Module):
     def forward(self, patches, region, valid_frames, relative):
         """patches [B, T, N, D]; region [B, T, N] bool; valid_frames [B, T] bool; relative [B, T - 1] the normalised
         variation -> prompt tokens [B, T - 1, K, D]."""
-        b, t, n, d = patches.shape
+        b, t, _, d = patches.shape
         x = self.reduce(patches)  # [B, T, N, c]
         # every frame has exactly spatial_top_k region patches: their indices, in patch order
         index = region.to(x.dtype).topk(self.top_k, dim=-1).indices.sort(-1).values  # [B, T, k]
