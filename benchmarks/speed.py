@@ -52,6 +52,17 @@ MODELS = {
     BACKBONE: dict(use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False),
     "official": dict(variant="official"),
     "paper": dict(variant="paper"),
+    # the paper variant's first layout (prompting once on the ln_pre tokens, pooled-frame prompter) and the cost of
+    # each mechanism of the current one, each switched off alone
+    "paper_v1": dict(variant="paper", paper_version=1),
+    "paper_layer0": dict(variant="paper", paper_prompt_layers=[0]),
+    "paper_first_regions": dict(variant="paper", paper_region_source="first"),
+    "paper_frames_prompter": dict(variant="paper", paper_temporal_prompter="frames"),
+    "paper_no_neighbours": dict(variant="paper", paper_neighbour_attention=False),
+    "paper_no_identity": dict(variant="paper", paper_frame_identity=False),
+    "paper_no_spatial": dict(variant="paper", use_spatial_prompt=False),
+    "paper_no_temporal": dict(variant="paper", use_temporal_prompt=False),
+    "paper_dgl_only": dict(variant="paper", use_spatial_prompt=False, use_temporal_prompt=False),
     # the official variant with the faster convolutions of `use_fast_official_convs` (same numbers up to rounding)
     "official_fast": dict(variant="official"),
 }
@@ -60,6 +71,7 @@ DTYPES = ("float32", "bf16")
 TARGETS = [
     # (name, stage, model, batch, dtype, limit): ratios to the backbone, from the project's issues
     ("paper eval forward / backbone (batch 1, fp32)", "eval", "paper", 1, "float32", 1.3),
+    ("paper train step / backbone fwd+bwd (batch 4, fp32)", "train", "paper", 4, "float32", 2.0),
     ("official eval forward / backbone (batch 1, fp32)", "eval", "official", 1, "float32", 2.0),
     ("official train step / backbone fwd+bwd (batch 4, fp32)", "train", "official", 4, "float32", 6.0),
 ]
