@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -420,9 +421,11 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
                 variations.append(variation)
             frame_tokens = torch.cat([frame_tokens[:, :, : patches.start], layer_patches, rest], dim=2)
         layout = _Layout(num_local, num_patches, slots, config.paper_neighbour_attention, cls_attention=i + 1 in layers)
-        global_tokens, frame_tokens, cls_attention = paper_global_local_block(
-            layer, model.vision_adapters[i], config.adapter_scale, global_tokens, frame_tokens, frame_valid, layout
-        )
+        block = (layer, model.vision_adapters[i], config.adapter_scale, global_tokens, frame_tokens, frame_valid, layout)
+        if model.gradient_checkpointing and model.training:  # non-reentrant: else a frozen block passes no grad
+            global_tokens, frame_tokens, cls_attention = checkpoint(paper_global_local_block, *block, use_reentrant=False)
+        else:
+            global_tokens, frame_tokens, cls_attention = paper_global_local_block(*block)
 
     features = model.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
     if model.temporal_head is not None:

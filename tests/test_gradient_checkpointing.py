@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import modeling_stop.modeling_stop as modeling
+import modeling_stop.prompting_paper as prompting_paper
 
 from .test_modeling import _text, _video
 from .tiny import tiny_stop
@@ -37,6 +38,7 @@ def test_checkpointed_vision_blocks_give_the_prompts_the_same_gradients(variant,
         return original(function, *args, **kwargs)
 
     monkeypatch.setattr(modeling, "checkpoint", counting_checkpoint)
+    monkeypatch.setattr(prompting_paper, "checkpoint", counting_checkpoint)  # the paper variant's own layer loop
     checkpointed_loss, checkpointed_grads = _loss_and_grads(model, checkpointed=True)
 
     # Every vision block went through a non-reentrant checkpoint.
