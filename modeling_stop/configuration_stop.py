@@ -89,6 +89,10 @@ class STOPConfig(PretrainedConfig):
             to STOP's video feature through a learned gate initialised to zero (an untrained head changes nothing);
             on the frozen-CLIP baseline (`use_dgl_prompts=False`) it replaces mean pooling.
         temporal_head_layers (`int`, defaults to 2): transformer layers of the temporal head.
+        temporal_head_input (`str`, defaults to `"prompted"`): what the temporal head of a STOP model reads:
+            `"prompted"` the per-frame CLS features of the prompted backbone, `"frozen"` the frozen CLIP's per-frame
+            features (one extra forward pass of the frozen backbone without gradient; a head trained on cached
+            frozen features keeps its meaning when STOP's prompts are trained around it).
     """
 
     model_type = "stop"
@@ -137,6 +141,7 @@ class STOPConfig(PretrainedConfig):
         max_frames=64,
         temporal_head="none",
         temporal_head_layers=2,
+        temporal_head_input="prompted",
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -185,6 +190,7 @@ class STOPConfig(PretrainedConfig):
         self.max_frames = max_frames
         self.temporal_head = temporal_head
         self.temporal_head_layers = temporal_head_layers
+        self.temporal_head_input = temporal_head_input
         super().__init__(**kwargs)
         self._validate()
 
@@ -195,6 +201,7 @@ class STOPConfig(PretrainedConfig):
             "mask_layout": ("official", "patch"),
             "frame_weight_norm": ("batch", "video"),
             "temporal_head": ("none", "seqTransf"),
+            "temporal_head_input": ("prompted", "frozen"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

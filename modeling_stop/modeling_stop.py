@@ -716,6 +716,10 @@ class STOPModel(STOPPreTrainedModel):
             return STOPVideoEncoding(video_features=self.pool_frame_features(self.get_frame_features(pixel_values), video_mask))
 
         vision = self.clip.vision_model
+        head_frames = None
+        if self.temporal_head is not None and self.config.temporal_head_input == "frozen":
+            with torch.no_grad():
+                head_frames = self.get_frame_features(pixel_values)
         spatial = self.spatial_prompter
         spatial_mask = None
         if spatial is not None and spatial.stage == "pixels":
@@ -754,7 +758,9 @@ class STOPModel(STOPPreTrainedModel):
             )
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
-            frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+            frames = head_frames
+            if frames is None:
+                frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
             features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
         return STOPVideoEncoding(
             video_features=features,
