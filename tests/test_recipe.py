@@ -87,7 +87,7 @@ def test_head_on_frozen_features_gets_gradient_at_the_first_step_once_the_gate_i
     with torch.no_grad():
         head = model.temporal_head(model.get_frame_features(video), batch["video_mask"])
         torch.testing.assert_close(model.get_video_features(video), own + gate * head)  # the head reads frozen frames
-        assert (gate * head).norm(dim=-1).mean() == pytest.approx(2.0 * own.norm(dim=-1).mean(), rel=1e-4)
+        assert (gate * head).norm(dim=-1).mean().item() == pytest.approx(2.0 * own.norm(dim=-1).mean().item(), rel=1e-4)
     model.train()
     model.get_video_features(video).pow(2).sum().backward()
     head_grads = [p.grad for p in model.temporal_head.parameters()]
