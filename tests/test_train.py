@@ -194,8 +194,10 @@ def test_short_run_beats_the_untrained_model_skips_a_corrupt_video_and_writes_a_
         f.write(json.dumps({**rows[0], "file_name": "broken.mp4", "caption": "a broken clip"}) + "\n")
     out = tmp_path / "out"
     epochs = 30
+    # No stage 1 (--head_stage_steps 0): epoch 0 is then the untrained model.
     result = run(train_args(backbone, data, out, "--per_device_train_batch_size", "6", "--num_train_epochs",
-                            str(epochs), "--variant", "paper", "--learning_rate", "1e-2", "--num_warmup_steps", "0"))
+                            str(epochs), "--variant", "paper", "--learning_rate", "1e-2", "--num_warmup_steps", "0",
+                            "--head_stage_steps", "0"))
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r["split"] == "validation"]

@@ -16,9 +16,11 @@ on the test split. The best model, its processor, a model card, `all_results.jso
 RNG, data position) in `--output_dir/checkpoints/{step_N,epoch_N}`. A run killed at any point and resumed with
 `--resume_from_checkpoint latest` ends with the same weights as an uninterrupted run.
 
-Defaults are a CPU recipe: a new model over the embedded synthetic backbone (`checkpoints/clip-synthetic`), paper
-variant, 8 frames, batch 16, AdamW at 5e-3 with cosine decay, 5 epochs: about 4 minutes on 2 cores for the
-600-clip synthetic benchmark (`python -m training.synthetic`).
+Defaults are the two-stage recipe of `training/recipe.py` (one table of per-variant defaults): a new model over the
+embedded synthetic backbone (`checkpoints/clip-synthetic`), paper variant with CLIP4Clip's seqTransf temporal head
+over the frozen per-frame features, 8 frames. Stage 1 trains the head on cached frozen frame features (100 epochs,
+at most 2000 steps of 32 clips); stage 2 trains STOP's prompts end to end (batch 16, 3 epochs) with the head gated
+in. AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-3 per parameter group, cosine with 10% warmup.
 """
 
 import argparse
@@ -128,7 +130,7 @@ def parse_args(argv=None):
     parser.add_argument("--adam_beta2", type=float, default=None, help="default: the recipe's (0.98, the authors')")
     parser.add_argument("--adam_epsilon", type=float, default=None, help="default: the recipe's (1e-6, the authors')")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    parser.add_argument("--num_train_epochs", type=int, default=None, help="default: the recipe's (5)")
+    parser.add_argument("--num_train_epochs", type=int, default=None, help="default: the recipe's (paper 3, official 2)")
     parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="cosine",
@@ -196,11 +198,8 @@ def _parse_override(key: str, text: str):
 
 
 def stop_options(args) -> dict:
-    """STOPConfig keyword arguments of a new model: the CPU recipe's defaults, the flags, then the overrides.
-
-    The recipe takes the paper variant (its token-space prompters are cheap, while the official pixel-space
-    Conv3d prompter makes a CPU training step several times slower) with CLIP4Clip's seqTransf temporal head, which
-    scored best among the STOP rows on the synthetic benchmark's validation split (see README, Results)."""
+    """STOPConfig keyword arguments of a new model: the variant's recipe (`training.recipe.RECIPES`), the flags,
+    then the overrides."""
     options = dict(recipe_for(args.variant).model_options)
     for name in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm", "mask_layout"):
         if getattr(args, name) is not None:
@@ -614,7 +613,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------ stage 1 of the recipe
     head_stage_records, head_stage_summary = [], {}
-    if (not args.resume_from_checkpoint and training_recipe.wants_head_stage(model)
+    if (not args.resume_from_checkpoint and not is_classification and training_recipe.wants_head_stage(model)
             and training_recipe.head_stage_steps(args, recipe, len(train_dataset)) > 0):
         head_stage_summary = training_recipe.train_head_stage(
             model, processor, train_dataset, eval_datasets.get("validation"), args, recipe,
@@ -723,7 +722,7 @@ def main(argv=None):
             accelerator.wait_for_everyone()
 
     if completed_steps == 0 and state["epoch"] == 0 and state["batches_in_epoch"] == 0:
-        validate(epoch=0)  # the untrained model (zero-shot): the baseline training must beat
+        validate(epoch=0)  # the untrained model (zero-shot; after stage 1 when it ran): the baseline to beat
 
     # ------------------------------------------------------------------------------------------------ training
     logit_scale = unwrapped.clip.logit_scale
