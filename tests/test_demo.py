@@ -153,9 +153,10 @@ def test_search_ranks_the_clip_of_an_exact_caption_near_the_top(client, clips, m
         _, table = client.predict(row["caption"], 4, api_name="/search")
         names = [r[2] for r in table["data"]]
         ranks.append(names.index(row["file_name"]) + 1)
-    # The default model's test T2V R@1 is ~27% over 100 clips (README); over this 4-clip gallery every exact caption
-    # must rank its clip in the top 2, mean rank well below chance (2.5). Measured: [1, 2, 1, 2].
-    assert max(ranks) <= 2 and sum(ranks) / len(ranks) <= 1.75, ranks
+    # The default model's test T2V R@1 is 39% over 100 clips (README); over this 4-clip gallery every exact caption
+    # must rank its clip in the top 2, mean rank well below chance (2.5). Measured: [1, 1, 1, 2] for the committed
+    # two-stage default model (outputs of modeling_stop.retrieval, which the search calls).
+    assert max(ranks) <= 2 and sum(ranks) / len(ranks) <= 1.5, ranks
 
 
 def test_recognize_returns_a_probability_per_label(client, clips):
