@@ -103,7 +103,7 @@ def test_stop_config_overrides_are_typed_like_the_config_fields():
                        "temporal_head=seqTransf"])
     assert stop_options(args) == {"variant": "paper", "num_frames": 8, "max_words": 32, "prompter_dropout": 0.0,
                                   "inter_kernel": [3, 5, 5], "use_spatial_prompt": False, "num_prompt_layers": 4,
-                                  "temporal_head": "seqTransf"}
+                                  "temporal_head": "seqTransf", "temporal_head_input": "frozen"}
     with pytest.raises(ValueError, match="'bad' is not a STOPConfig field"):
         stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
