@@ -27,6 +27,9 @@ FROZEN = ["use_dgl_prompts=False", *NO_STOP]
 # name -> (training overrides or None for zero-shot, description)
 ROWS = {
     "clip-meanP": (None, "frozen CLIP, mean-pooled frames, zero-shot (0 trainable)"),
+    # train.py with its defaults: the two-stage recipe of training/recipe.py (paper variant + seqTransf head on frozen
+    # frame features, stage 1 on cached features, stage 2 end to end).
+    "default": ([], "the default recipe (training/recipe.py), no flags"),
     "clip-seqTransf": (FROZEN + ["temporal_head=seqTransf"], "frozen CLIP + seqTransf head (CLIP4Clip)"),
     "dgl": (["variant=official", *NO_STOP, NO_HEAD], "DGL prompts only (generator, global/local prompts, adapters)"),
     "stop-official": (["variant=official", NO_HEAD], "STOP, authors' released formulation"),
@@ -35,6 +38,10 @@ ROWS = {
     "stop-paper-temporal": (["variant=paper", "use_spatial_prompt=False", NO_HEAD], "STOP paper, temporal prompting only"),
     "stop-official-seqTransf": (["variant=official", "temporal_head=seqTransf"], "STOP official + seqTransf"),
     "stop-paper-seqTransf": (["variant=paper", "temporal_head=seqTransf"], "STOP paper + seqTransf"),
+    "stop-paper-seqTransf-prompted": (
+        ["variant=paper", "temporal_head=seqTransf", "temporal_head_input=prompted"],
+        "STOP paper + seqTransf over the prompted frame features, trained jointly (no stage 1)",
+    ),
     "stop-paper-seqTransf-pos": (
         ["variant=paper", "temporal_head=seqTransf", "frame_position_embeddings=True"],
         "STOP paper + seqTransf + frame position embeddings",

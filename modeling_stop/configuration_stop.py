@@ -126,6 +126,10 @@ class STOPConfig(PretrainedConfig):
         paper_variation_scaling (`bool`, defaults to `True`): the inserted tokens are multiplied by the gap's
             normalised variation `W_i / max_j W_j`: counts are integers (no gradient), this scale carries the
             variation's gradient to the spatial prompter and keeps a barely changing gap's tokens small.
+        temporal_head_input (`str`, defaults to `"prompted"`): what the temporal head of a STOP model reads:
+            `"prompted"` the per-frame CLS features of the prompted backbone, `"frozen"` the frozen CLIP's per-frame
+            features (one extra forward pass of the frozen backbone without gradient; a head trained on cached
+            frozen features keeps its meaning when STOP's prompts are trained around it).
     """
 
     model_type = "stop"
@@ -183,6 +187,7 @@ class STOPConfig(PretrainedConfig):
         frame_identity_rows=8,
         insertion_calibration="relative",
         paper_variation_scaling=True,
+        temporal_head_input="prompted",
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -240,6 +245,7 @@ class STOPConfig(PretrainedConfig):
         self.frame_identity_rows = frame_identity_rows
         self.insertion_calibration = insertion_calibration
         self.paper_variation_scaling = paper_variation_scaling
+        self.temporal_head_input = temporal_head_input
         super().__init__(**kwargs)
         self._validate()
 
@@ -254,6 +260,7 @@ class STOPConfig(PretrainedConfig):
             "paper_region_source": ("layer", "first"),
             "paper_temporal_prompter": ("tokens", "frames"),
             "insertion_calibration": ("relative", "absolute"),
+            "temporal_head_input": ("prompted", "frozen"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

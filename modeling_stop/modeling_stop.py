@@ -850,6 +850,10 @@ class STOPModel(STOPPreTrainedModel):
             return STOPVideoEncoding(**encode_paper_video(self, pixel_values, video_mask))
 
         vision = self.clip.vision_model
+        head_frames = None
+        if self.temporal_head is not None and self.config.temporal_head_input == "frozen":
+            with torch.no_grad():
+                head_frames = self.get_frame_features(pixel_values)
         spatial = self.spatial_prompter
         spatial_mask = None
         if spatial is not None and spatial.stage == "pixels":
@@ -890,7 +894,9 @@ class STOPModel(STOPPreTrainedModel):
                 global_tokens, frame_tokens = global_local_block(*block)
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
-            frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+            frames = head_frames
+            if frames is None:
+                frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
             features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
         return STOPVideoEncoding(
             video_features=features,

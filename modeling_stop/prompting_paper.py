@@ -429,7 +429,11 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
 
     features = model.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
     if model.temporal_head is not None:
-        frames = model.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+        if model.config.temporal_head_input == "frozen":  # the frozen CLIP's frame features, as the head was trained
+            with torch.no_grad():
+                frames = model.get_frame_features(pixel_values)
+        else:
+            frames = model.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
         features = features + model.temporal_gate * model.temporal_head(frames, video_mask)
     out = dict(video_features=features)
     if regions:

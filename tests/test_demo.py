@@ -163,8 +163,9 @@ def test_search_ranks_the_clip_of_an_exact_caption_near_the_top(client, gallery_
             continue
         _, table = client.predict(row["caption"], 12, api_name="/search")
         ranks.append([r[2] for r in table["data"]].index(row["file_name"]) + 1)
-    # Twelve clips, each with its reversed twin (which the default model cannot tell apart: README), so chance is a
-    # mean rank of 6.5 and "its pair on top" is ranks 1-2. Measured: [2, 2, 2, 1, 1, 2].
+    # Twelve clips, each with its reversed twin, so chance is a mean rank of 6.5 and "its pair on top" is ranks 1-2.
+    # Measured with the first default model (blind to order): [2, 2, 2, 1, 1, 2]; the two-stage default tells most
+    # twins apart (README), so this bound is loose for it.
     assert max(ranks) <= 3 and sum(ranks) / len(ranks) <= 2.0, ranks
 
 

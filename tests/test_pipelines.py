@@ -396,8 +396,9 @@ def test_retrieval_helpers_embed_like_the_model_and_rank_the_matching_item_first
 
 def test_trained_synthetic_model_classifies_synthetic_clips_it_was_trained_on(tmp_path):
     """The default model was trained to match clips with their captions ("a red circle moving left"), so its
-    classes here are captions of held-out clips (one per motion kind, different objects). Measured: 4 of 6 right
-    (chance: 1). Bare class names such as "moving left" are near chance for it (see README, Results)."""
+    classes here are captions of held-out clips (one per motion kind, different objects). Measured: 6 of 6 right
+    (chance: 1) for the committed model of the two-stage default recipe (`--seed 0`; 4 of 6 for the previous
+    one-stage default). Bare class names such as "moving left" are weaker for it (see README, Results)."""
     if not (TRAINED / "config.json").is_file():
         pytest.skip(f"trained default model not found at {TRAINED} (written by the training script)")
     from transformers import pipeline
@@ -416,4 +417,4 @@ def test_trained_synthetic_model_classifies_synthetic_clips_it_was_trained_on(tm
         path = tmp_path / f"{spec.motion}.mp4"
         write_synthetic_video(path, render_clip(spec))
         correct += pipe(str(path), top_k=1)[0]["label"] == caption
-    assert correct >= 3, f"{correct}/{len(specs)} clips classified correctly (chance: 1)"
+    assert correct >= 5, f"{correct}/{len(specs)} clips classified correctly (chance: 1; measured 6)"

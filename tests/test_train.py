@@ -103,7 +103,7 @@ def test_stop_config_overrides_are_typed_like_the_config_fields():
                        "temporal_head=seqTransf"])
     assert stop_options(args) == {"variant": "paper", "num_frames": 8, "max_words": 32, "prompter_dropout": 0.0,
                                   "inter_kernel": [3, 5, 5], "use_spatial_prompt": False, "num_prompt_layers": 4,
-                                  "temporal_head": "seqTransf"}
+                                  "temporal_head": "seqTransf", "temporal_head_input": "frozen"}
     with pytest.raises(ValueError, match="'bad' is not a STOPConfig field"):
         stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
@@ -194,8 +194,10 @@ def test_short_run_beats_the_untrained_model_skips_a_corrupt_video_and_writes_a_
         f.write(json.dumps({**rows[0], "file_name": "broken.mp4", "caption": "a broken clip"}) + "\n")
     out = tmp_path / "out"
     epochs = 30
+    # No stage 1 (--head_stage_steps 0): epoch 0 is then the untrained model.
     result = run(train_args(backbone, data, out, "--per_device_train_batch_size", "6", "--num_train_epochs",
-                            str(epochs), "--variant", "paper", "--learning_rate", "1e-2", "--num_warmup_steps", "0"))
+                            str(epochs), "--variant", "paper", "--learning_rate", "1e-2", "--num_warmup_steps", "0",
+                            "--head_stage_steps", "0"))
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r["split"] == "validation"]

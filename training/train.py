@@ -24,9 +24,11 @@ videos fail to decode or when the loss is not finite; it then writes no final or
 `--streaming` trains from a streamed train split (a Hub dataset, or local WebDataset `.tar` shards): see
 `training/streaming.py`. It needs `--max_train_steps`; resume is exact there too.
 
-Defaults are a CPU recipe: a new model over the embedded synthetic backbone (`checkpoints/clip-synthetic`), paper
-variant, 8 frames, batch 16, AdamW at 5e-3 with cosine decay, 5 epochs: about 4 minutes on 2 cores for the
-600-clip synthetic benchmark (`python -m training.synthetic`).
+Defaults are the two-stage recipe of `training/recipe.py` (one table of per-variant defaults): a new model over the
+embedded synthetic backbone (`checkpoints/clip-synthetic`), paper variant with CLIP4Clip's seqTransf temporal head
+over the frozen per-frame features, 8 frames. Stage 1 trains the head on cached frozen frame features (100 epochs,
+at most 2000 steps of 32 clips); stage 2 trains STOP's prompts end to end (batch 16, 3 epochs) with the head gated
+in. AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-3 per parameter group, cosine with 10% warmup.
 """
 
 import argparse
@@ -73,6 +75,8 @@ from training.data import (  # noqa: E402
 )
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
 from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
+from training import recipe as training_recipe  # noqa: E402
+from training.recipe import recipe_for  # noqa: E402
 from training.synthetic import DEFAULT_CLIP  # noqa: E402
 
 logger = get_logger(__name__)
@@ -133,17 +137,36 @@ def parse_args(argv=None):
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=32)
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    parser.add_argument("--learning_rate", type=float, default=5e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="the prompts' learning rate (default: the variant's recipe, training/recipe.py)")
+    parser.add_argument("--head_lr_multiplier", type=float, default=None, help="temporal head lr / --learning_rate")
+    parser.add_argument("--prompter_lr_multiplier", type=float, default=None,
+                        help="spatial and temporal prompters' lr / --learning_rate")
+    parser.add_argument("--weight_decay", type=float, default=None, help="default: the recipe's (0.2, the authors')")
+    parser.add_argument("--adam_beta1", type=float, default=None, help="default: the recipe's (0.9)")
+    parser.add_argument("--adam_beta2", type=float, default=None, help="default: the recipe's (0.98, the authors')")
+    parser.add_argument("--adam_epsilon", type=float, default=None, help="default: the recipe's (1e-6, the authors')")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    parser.add_argument("--num_train_epochs", type=int, default=5)
+    parser.add_argument("--num_train_epochs", type=int, default=None, help="default: the recipe's (paper 3, official 2)")
     parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="cosine",
                         choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                  "constant_with_warmup"])
-    parser.add_argument("--num_warmup_steps", type=int, default=None, help="default: 10%% of the steps")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute vision blocks in backward")
+    parser.add_argument("--num_warmup_steps", type=int, default=None, help="default: --warmup_ratio of the steps")
+    parser.add_argument("--warmup_ratio", type=float, default=None, help="default: the recipe's (0.1)")
+    # Stage 1 of the recipe: the temporal head (and the text side) on cached frozen frame features
+    parser.add_argument("--head_stage_steps", type=int, default=None,
+                        help="steps of stage 1 for new STOP models with a temporal head on frozen features (default: "
+                             "the recipe's, scaled to the train split; 0 skips stage 1)")
+    parser.add_argument("--head_stage_learning_rate", type=float, default=None)
+    parser.add_argument("--head_stage_batch_size", type=int, default=None)
+    parser.add_argument("--head_stage_text", type=lambda v: v.lower() in ("true", "1"), default=None,
+                        metavar="{true,false}", help="also train the prompt generator and text adapters in stage 1")
+    parser.add_argument("--temporal_gate_ratio", type=float, default=None,
+                        help="stage 2 starts with ||gate * head|| = ratio * ||STOP's own video feature||")
+>>>>>>> h-recipe
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: what `accelerate launch` / `accelerate config` set")
     parser.add_argument("--seed", type=int, default=42)
@@ -203,12 +226,9 @@ def _parse_override(key: str, text: str):
 
 
 def stop_options(args) -> dict:
-    """STOPConfig keyword arguments of a new model: the CPU recipe's defaults, the flags, then the overrides.
-
-    The recipe takes the paper variant (its token-space prompters are cheap, while the official pixel-space
-    Conv3d prompter makes a CPU training step several times slower) with CLIP4Clip's seqTransf temporal head, which
-    scored best among the STOP rows on the synthetic benchmark's validation split (see README, Results)."""
-    options = {"variant": "paper", "num_frames": 8, "max_words": 32, "temporal_head": "seqTransf"}
+    """STOPConfig keyword arguments of a new model: the variant's recipe (`training.recipe.RECIPES`), the flags,
+    then the overrides."""
+    options = dict(recipe_for(args.variant).model_options)
     for name in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm", "mask_layout"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -396,7 +416,8 @@ class MetricsLog:
         of epochs it had not finished, the final test)."""
         if not self.enabled:
             return
-        kept = [r for r in self.records() if (r["split"] == "train" and r["step"] <= completed_steps)
+        kept = [r for r in self.records() if r["split"].startswith("head_stage")
+                or (r["split"] == "train" and r["step"] <= completed_steps)
                 or (r["split"] in ("validation", "skipped") and r["epoch"] <= completed_epochs)]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -765,6 +786,7 @@ def main(argv=None):
     model, processor = load_model_and_processor(args)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    recipe = training_recipe.resolve_args(args, model.config.variant)
     columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
                    label_column=args.label_column if is_classification else None, label_names=labels)
     train_dataset = None if args.streaming else VideoTextDataset(
@@ -804,19 +826,32 @@ def main(argv=None):
             f"{args.per_device_train_batch_size} per process: lower --per_device_train_batch_size"
         )
 
+    # ------------------------------------------------------------------------------------ stage 1 of the recipe
+    head_stage_records, head_stage_summary = [], {}
+    if (not args.resume_from_checkpoint and not is_classification and not args.streaming
+            and training_recipe.wants_head_stage(model)
+            and training_recipe.head_stage_steps(args, recipe, len(train_dataset)) > 0):
+        head_stage_summary = training_recipe.train_head_stage(
+            model, processor, train_dataset, eval_datasets.get("validation"), args, recipe,
+            load_metric("video_text_retrieval"), accelerator.device, log=accelerator.print,
+            write_record=head_stage_records.append, cache_dir=args.feature_cache_dir,
+            num_workers=args.dataloader_num_workers, disable_progress=not accelerator.is_local_main_process)
+        head_stage_summary["temporal_gate"] = training_recipe.init_temporal_gate(
+            model, training_recipe.first_batch(train_dataset, collator, args.per_device_eval_batch_size,
+                                               accelerator.device), args.temporal_gate_ratio)
+        accelerator.print(f"temporal gate set to {head_stage_summary['temporal_gate']:.4g}")
+
     # ------------------------------------------------------------------------------------ optimizer and schedule
-    groups = optimizer_groups(model, args.weight_decay)
-    if args.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9)
+    groups = training_recipe.parameter_groups(model, args.learning_rate, args.weight_decay, args.head_lr_multiplier,
+                                              args.prompter_lr_multiplier)
+    optimizer = training_recipe.build_optimizer(groups, args)
     # As in the examples: the schedule is computed on the sharded loader after `prepare` (below).
     if args.max_train_steps is None:  # (--streaming requires it: a stream has no length)
         num_update_steps_per_epoch = math.ceil(
             len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
         )
         args.max_train_steps = args.num_train_epochs * num_update_steps_per_epoch
-    num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else args.max_train_steps // 10
+    num_warmup_steps = training_recipe.warmup_steps(args, args.max_train_steps)
     lr_scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
@@ -865,6 +900,8 @@ def main(argv=None):
         metrics_log.truncate(state["completed_steps"], state["epoch"])
     else:  # a fresh run: nothing of an earlier run in this folder counts
         metrics_log.truncate(-1, -1)
+        for record in head_stage_records:
+            metrics_log.write(record)
         if accelerator.is_main_process and (checkpoints_dir / "best").exists():
             shutil.rmtree(checkpoints_dir / "best")
         accelerator.wait_for_everyone()
@@ -899,14 +936,15 @@ def main(argv=None):
             accelerator.log({f"val_{k}": v for k, v in numeric.items()}, step=completed_steps)
         accelerator.print(f"epoch {epoch} validation: " + ", ".join(
             f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float)))
-        if epoch > 0 and (state["best_metric"] is None or results[selection_metric] > state["best_metric"]):
+        # Epoch 0 competes too when stage 1 of the recipe trained the model before it.
+        if (epoch > 0 or head_stage_summary) and (state["best_metric"] is None or results[selection_metric] > state["best_metric"]):
             state["best_metric"], state["best_epoch"] = results[selection_metric], epoch
             if accelerator.is_main_process:
                 save_model(unwrapped, processor, checkpoints_dir / "best")
             accelerator.wait_for_everyone()
 
     if completed_steps == 0 and state["epoch"] == 0 and state["batches_in_epoch"] == 0:
-        validate(epoch=0)  # the untrained model (zero-shot): the baseline training must beat
+        validate(epoch=0)  # the untrained model (zero-shot; after stage 1 when it ran): the baseline to beat
 
     # ------------------------------------------------------------------------------------------------ training
     logit_scale = unwrapped.clip.logit_scale
@@ -1003,7 +1041,7 @@ def main(argv=None):
     results = {"best_epoch": state["best_epoch"], f"best_val_{selection_metric}": state["best_metric"],
                "train_steps": completed_steps, "train_runtime": round(time.time() - start_time, 2),
                "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values()),
-               "training_path": training_path}
+               "training_path": training_path, **head_stage_summary}
     test_results = None
     if "test" in eval_datasets:
         test_results = run_evaluation("test")
