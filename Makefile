@@ -87,11 +87,9 @@ test: setup lint test-system-deps .cache/sample_videos/.done .cache/clip_bpe/bpe
 	$(PY) -m pytest tests
 
 # The code inside checkpoints/*/ is a copy of the package: refresh every .py a folder holds from modeling_stop/.
+# Code copies inside committed model folders are generated from the package, never edited.
 sync-checkpoints:
-	@for copy in checkpoints/*/*.py; do \
-	  source=modeling_stop/$$(basename "$$copy"); \
-	  if [ -f "$$source" ] && ! cmp -s "$$source" "$$copy"; then cp "$$source" "$$copy" && echo "updated $$copy"; fi; \
-	done
+	$(PYTHON) utils/sync_checkpoints.py
 
 demo: setup
 	$(PY) demo/app.py

@@ -25,6 +25,15 @@ def test_code_in_checkpoint_folders_is_the_package_code():
     assert not stale, f"out of date with modeling_stop/ (run `make sync-checkpoints`): {stale}"
 
 
+def test_checkpoint_folders_hold_every_module_their_code_imports_relatively():
+    missing = []
+    for copy in _code_copies():
+        for name in re.findall(r"^\s*from \.(\w+) import", copy.read_text(), flags=re.M):
+            if not (copy.parent / f"{name}.py").is_file():
+                missing.append(f"{copy.relative_to(REPO_ROOT)} imports .{name}")
+    assert not missing, f"copy the module into the folder, then `make sync-checkpoints`: {missing}"
+
+
 def _trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -166,7 +166,6 @@ def parse_args(argv=None):
                         metavar="{true,false}", help="also train the prompt generator and text adapters in stage 1")
     parser.add_argument("--temporal_gate_ratio", type=float, default=None,
                         help="stage 2 starts with ||gate * head|| = ratio * ||STOP's own video feature||")
->>>>>>> h-recipe
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                         help="default: what `accelerate launch` / `accelerate config` set")
     parser.add_argument("--seed", type=int, default=42)

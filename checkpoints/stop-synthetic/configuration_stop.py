@@ -48,7 +48,8 @@ class STOPConfig(PretrainedConfig):
         use_temporal_prompt (`bool`, defaults to `True`): STOP's inter-frame temporal prompting.
         adapter_dim (`int`, defaults to 32): bottleneck of the per-block adapter (`LoRA` in the authors' code).
         adapter_scale (`float`, defaults to 0.1): scale of the adapter branch.
-        spatial_prompt_scale (`float`, defaults to 0.05): scale of the spatial prompt.
+        spatial_prompt_scale (`float`, defaults to 0.05): scale of the spatial prompt (official; paper variant with
+            `paper_version=2`: of the token prompt added at every prompt layer).
         temporal_prompt_scale (`float`, defaults to 0.05): scale of the inter-frame prompt.
         spatial_top_k (`int`, defaults to 6): regions kept per frame (the authors' `eta`).
         prompter_channels (`tuple`, defaults to `(9, 9, 16)`): channels of the official pixel prompter convs.
@@ -72,12 +73,15 @@ class STOPConfig(PretrainedConfig):
         region_beta (`float`, defaults to 1.0): paper variant: the discriminative patches count `1 + beta` times
             in the frame descriptors whose change drives the inter-frame prompts (1.0 doubles them: the selected
             regions dominate without silencing the rest of the frame).
-        insertion_scale (`float`, defaults to 8.0): paper variant: gap i gets `ceil(insertion_scale * W_i)`
+        insertion_scale (`float`, defaults to 8.0): paper variant with `paper_version=1` or
+            `insertion_calibration="absolute"`: gap i gets `ceil(insertion_scale * W_i)`
             inserted prompt tokens, W_i = 1 - cos(frame i, frame i + 1) in [0, 2]. Frozen-CLIP frame descriptors
             of consecutive frames have cosine ~0.9-1, so 8 maps a typical change to 1-2 tokens and a cut to the
             bound.
-        max_inserted_tokens (`int`, defaults to 4): paper variant: bound per gap; the total per video is at most
-            `(num_frames - 1) * max_inserted_tokens` (padded slots are masked out of attention).
+        max_inserted_tokens (`int`, defaults to 4): paper variant: bound per gap (per gap and prompt layer with
+            `paper_version=2`, whose slots each prompt layer refills); the total per video is at most
+            `(num_frames - 1) * max_inserted_tokens` (times the number of prompt layers with `paper_version=2`);
+            empty slots are masked out of attention.
         paper_hidden_dim (`int`, defaults to 32): paper variant: channels of the token-space prompters (their
             cost stays a few percent of the backbone).
         paper_dropout (`float`, defaults to 0.1): paper variant: dropout of the prompters' outputs.
@@ -91,6 +95,41 @@ class STOPConfig(PretrainedConfig):
             to STOP's video feature through a learned gate initialised to zero (an untrained head changes nothing);
             on the frozen-CLIP baseline (`use_dgl_prompts=False`) it replaces mean pooling.
         temporal_head_layers (`int`, defaults to 2): transformer layers of the temporal head.
+        paper_version (`int`, defaults to 2): layout of the paper variant. `1`: prompting once on the `ln_pre`
+            tokens, a prompter on pooled frame descriptors, frame-shared local prompts, `ceil(insertion_scale * W)`
+            tokens in frame i's attention group (the first layout; a saved config without this field means 1, so
+            folders saved then keep their outputs). `2`: the block of the paper's figure repeated in every layer of
+            `paper_prompt_layers`, with the switches below (which `1` ignores).
+        paper_prompt_layers (`list[int]`, *optional*): vision layers that run the intra-frame and inter-frame
+            prompting before their block. Defaults to every layer (the paper's "x L"). Measured at ViT-B/32, 12 frames,
+            fp32 CPU eval (`benchmarks/results/speed_paper_eval_1thread_cpu.md`): all 12 layers 1.54x the frozen
+            backbone, `[0]` 1.28x, the DGL prompts alone 1.17x; about 3% of the backbone per prompt layer.
+        paper_region_source (`str`, defaults to `"layer"`): `"layer"` recomputes the discriminative regions at every
+            prompt layer from that layer's tokens (A_t = the CLS-to-patch attention of the previous frozen block,
+            computed there at no extra projection cost; the first layer 0 uses layer 0's attention on `ln_pre`);
+            `"first"` reuses the first prompt layer's regions.
+        paper_temporal_prompter (`str`, defaults to `"tokens"`): `"tokens"`: attention over the frames' region
+            tokens, a temporal Conv3d-ReLU-Conv3d over the token volume and a Linear with the variation injected;
+            `"frames"`: the first layout's prompter on pooled frame descriptors (ablation).
+        paper_neighbour_attention (`bool`, defaults to `True`): the tokens inserted after frame i are also keys of
+            frame i + 1 (both neighbouring frames attend to them); `False` keeps them in frame i's group only.
+        paper_frame_identity (`bool`, defaults to `True`): per-frame identity of the local prompts: a table of
+            `frame_identity_rows` embeddings over relative time, interpolated at each valid frame's relative position,
+            so any frame count works at inference.
+        frame_identity_rows (`int`, defaults to 8): rows of that table.
+        insertion_calibration (`str`, defaults to `"relative"`): how a gap's variation becomes a token count:
+            `"relative"`: `max(1, ceil(max_inserted_tokens * r_i))`, r_i = the min-max position of W_i among the
+            video's valid gaps (its least changing gap gets 1 token, its most changing gap the bound: counts follow
+            the video whatever the backbone's cosine range, and a video's counts depend on it alone); `"absolute"`:
+            `ceil(insertion_scale * W_i)` (the first layout; with frozen-CLIP cosines of 0.94-0.999 it gives 1
+            everywhere).
+        paper_variation_scaling (`bool`, defaults to `True`): the inserted tokens are multiplied by the gap's
+            normalised variation `W_i / max_j W_j`: counts are integers (no gradient), this scale carries the
+            variation's gradient to the spatial prompter and keeps a barely changing gap's tokens small.
+        temporal_head_input (`str`, defaults to `"prompted"`): what the temporal head of a STOP model reads:
+            `"prompted"` the per-frame CLS features of the prompted backbone, `"frozen"` the frozen CLIP's per-frame
+            features (one extra forward pass of the frozen backbone without gradient; a head trained on cached
+            frozen features keeps its meaning when STOP's prompts are trained around it).
     """
 
     model_type = "stop"
@@ -139,6 +178,16 @@ class STOPConfig(PretrainedConfig):
         max_frames=64,
         temporal_head="none",
         temporal_head_layers=2,
+        paper_version=2,
+        paper_prompt_layers=None,
+        paper_region_source="layer",
+        paper_temporal_prompter="tokens",
+        paper_neighbour_attention=True,
+        paper_frame_identity=True,
+        frame_identity_rows=8,
+        insertion_calibration="relative",
+        paper_variation_scaling=True,
+        temporal_head_input="prompted",
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -187,6 +236,16 @@ class STOPConfig(PretrainedConfig):
         self.max_frames = max_frames
         self.temporal_head = temporal_head
         self.temporal_head_layers = temporal_head_layers
+        self.paper_version = paper_version
+        self.paper_prompt_layers = None if paper_prompt_layers is None else [int(i) for i in paper_prompt_layers]
+        self.paper_region_source = paper_region_source
+        self.paper_temporal_prompter = paper_temporal_prompter
+        self.paper_neighbour_attention = paper_neighbour_attention
+        self.paper_frame_identity = paper_frame_identity
+        self.frame_identity_rows = frame_identity_rows
+        self.insertion_calibration = insertion_calibration
+        self.paper_variation_scaling = paper_variation_scaling
+        self.temporal_head_input = temporal_head_input
         super().__init__(**kwargs)
         self._validate()
 
@@ -197,6 +256,11 @@ class STOPConfig(PretrainedConfig):
             "mask_layout": ("official", "patch"),
             "frame_weight_norm": ("batch", "video"),
             "temporal_head": ("none", "seqTransf"),
+            "paper_version": (1, 2),
+            "paper_region_source": ("layer", "first"),
+            "paper_temporal_prompter": ("tokens", "frames"),
+            "insertion_calibration": ("relative", "absolute"),
+            "temporal_head_input": ("prompted", "frozen"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -247,6 +311,37 @@ class STOPConfig(PretrainedConfig):
                 f"STOPConfig.spatial_top_k must be in [1, {self.grid_size ** 2 - 1}] for a {self.grid_size}x"
                 f"{self.grid_size} grid, got {self.spatial_top_k}"
             )
+
+        layers = self.vision_config.num_hidden_layers
+        if self.paper_prompt_layers is not None and (
+            not self.paper_prompt_layers or any(not 0 <= i < layers for i in self.paper_prompt_layers)
+        ):
+            raise ValueError(
+                f"STOPConfig.paper_prompt_layers must be a non-empty list of vision layer indices in [0, {layers - 1}], "
+                f"got {self.paper_prompt_layers}"
+            )
+        if self.frame_identity_rows < 2:
+            raise ValueError(f"STOPConfig.frame_identity_rows must be at least 2, got {self.frame_identity_rows}")
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # A config saved before `paper_version` existed describes the first paper layout: keep its computation
+        # (the constructor's default is the current layout).
+        if "paper_version" not in config_dict:
+            config_dict = {**config_dict, "paper_version": 1}
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def paper_layers(self) -> list[int]:
+        """Sorted vision layers that run the paper's prompting (`paper_version=2`)."""
+        if self.paper_prompt_layers is None:
+            return list(range(self.vision_config.num_hidden_layers))
+        return sorted(set(self.paper_prompt_layers))
+
+    @property
+    def uses_paper_layers(self) -> bool:
+        """Whether the video tower is the per-layer paper layout (`encode_paper_video`)."""
+        return self.variant == "paper" and self.paper_version >= 2 and self.use_dgl_prompts
 
     # Derived geometry (never stored, always read from the CLIP configs).
     @property

@@ -9,7 +9,9 @@ modules, each one idea:
 - global-local attention (`global_local_block`): frames attend to their own tokens plus the video's global
   prompts, the global prompts attend to everything;
 - `STOPOfficialSpatialPrompter` / `STOPOfficialTemporalPrompter`: the released code's intra-frame (pixel space)
-  and inter-frame prompts (`variant="official"`).
+  and inter-frame prompts (`variant="official"`);
+- `prompting_paper.py`: the paper's per-layer intra-frame and inter-frame prompting (`variant="paper"`);
+  `STOPPaperSpatialPrompter` / `STOPPaperTemporalPrompter` here are its first layout (`paper_version=1`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
+from .prompting_paper import (
+    STOPFrameIdentity,
+    STOPPaperSpatialPrompting,
+    STOPPaperTemporalPrompting,
+    encode_paper_video,
+)
 
 
 @dataclass
@@ -48,9 +57,18 @@ class STOPOutput(ModelOutput):
         frame_weights (`torch.FloatTensor` of shape `(num_videos, num_frames)`, *optional*): normalised frame
             weights of the official inter-frame prompt.
         frame_variation (`torch.FloatTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
-            variation of each gap between consecutive frames.
+            variation of each gap between consecutive frames (with per-layer prompting: the mean over the prompt
+            layers).
         inserted_tokens (`torch.LongTensor` of shape `(num_videos, num_frames - 1)`, *optional*): paper variant:
-            prompt tokens inserted after each frame.
+            prompt tokens inserted after each frame (with per-layer prompting: summed over the prompt layers).
+        spatial_mask_per_layer (`torch.BoolTensor` of shape `(num_videos, prompt_layers, num_frames, grid, grid)`,
+            *optional*): paper variant, `paper_version=2`: the regions of every layer of `config.paper_layers`
+            (`spatial_mask` is the first of them).
+        inserted_tokens_per_layer (`torch.LongTensor` of shape `(num_videos, prompt_layers, num_frames - 1)`,
+            *optional*): paper variant, `paper_version=2`: tokens inserted after each frame at each prompt layer.
+        frame_variation_per_layer (`torch.FloatTensor` of shape `(num_videos, prompt_layers, num_frames - 1)`,
+            *optional*): paper variant, `paper_version=2`: each prompt layer's gap variation (`frame_variation` is
+            their mean).
     """
 
     loss: torch.FloatTensor | None = None
@@ -62,6 +80,9 @@ class STOPOutput(ModelOutput):
     frame_weights: torch.FloatTensor | None = None
     frame_variation: torch.FloatTensor | None = None
     inserted_tokens: torch.LongTensor | None = None
+    spatial_mask_per_layer: torch.BoolTensor | None = None
+    inserted_tokens_per_layer: torch.LongTensor | None = None
+    frame_variation_per_layer: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -73,6 +94,9 @@ class STOPVideoEncoding(ModelOutput):
     frame_weights: torch.FloatTensor | None = None
     frame_variation: torch.FloatTensor | None = None
     inserted_tokens: torch.LongTensor | None = None
+    spatial_mask_per_layer: torch.BoolTensor | None = None
+    inserted_tokens_per_layer: torch.LongTensor | None = None
+    frame_variation_per_layer: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -637,7 +661,7 @@ class STOPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "stop"
     main_input_name = "pixel_values"
     input_modalities = ("video", "text")
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer"]
 
     def freeze_backbone(self) -> None:
@@ -686,7 +710,7 @@ class STOPPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.position_embeddings.weight, std=0.02)
         elif isinstance(module, nn.MultiheadAttention):
             module._reset_parameters()
-        elif isinstance(module, STOPLinearPromptGenerator):
+        elif isinstance(module, (STOPLinearPromptGenerator, STOPFrameIdentity)):
             module.reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv3d, nn.LayerNorm, nn.PReLU, nn.Embedding)):
             module.reset_parameters()  # PyTorch defaults; the prompt table is N(0, 1) as in the released code
@@ -734,10 +758,18 @@ class STOPModel(STOPPreTrainedModel):
                 STOPAdapter(text.hidden_size, config.adapter_dim) for _ in range(text.num_hidden_layers)
             )
         official = config.variant == "official"
+        spatial_cls, temporal_cls = STOPOfficialSpatialPrompter, STOPOfficialTemporalPrompter
+        if not official:
+            spatial_cls, temporal_cls = STOPPaperSpatialPrompter, STOPPaperTemporalPrompter
+            if config.uses_paper_layers:
+                spatial_cls, temporal_cls = STOPPaperSpatialPrompting, STOPPaperTemporalPrompting
         if config.use_spatial_prompt:
-            self.spatial_prompter = (STOPOfficialSpatialPrompter if official else STOPPaperSpatialPrompter)(config)
+            self.spatial_prompter = spatial_cls(config)
         if config.use_temporal_prompt:
-            self.temporal_prompter = (STOPOfficialTemporalPrompter if official else STOPPaperTemporalPrompter)(config)
+            self.temporal_prompter = temporal_cls(config)
+        self.frame_identity = None
+        if config.uses_paper_layers and config.paper_frame_identity:
+            self.frame_identity = STOPFrameIdentity(config.frame_identity_rows, vision.hidden_size)
         self.frame_positions = None
         if config.frame_position_embeddings and config.use_dgl_prompts:
             self.frame_positions = nn.Embedding(config.max_frames, vision.hidden_size)
@@ -747,6 +779,7 @@ class STOPModel(STOPPreTrainedModel):
             self.temporal_gate = nn.Parameter(torch.zeros(()))
         # The released code lets padded frames take part in attention; the paper variant masks them out.
         self.mask_padded_frames = not official
+        self.gradient_checkpointing = False  # vision blocks; set by `gradient_checkpointing_enable()`
         self.post_init()
 
     @classmethod
@@ -813,8 +846,14 @@ class STOPModel(STOPPreTrainedModel):
             video_mask = torch.ones(b, t, dtype=torch.long, device=pixel_values.device)
         if self.prompt_generator is None:  # frozen CLIP per frame, then mean pooling or the temporal head
             return STOPVideoEncoding(video_features=self.pool_frame_features(self.get_frame_features(pixel_values), video_mask))
+        if self.config.uses_paper_layers:  # the paper's prompting block in every prompt layer
+            return STOPVideoEncoding(**encode_paper_video(self, pixel_values, video_mask))
 
         vision = self.clip.vision_model
+        head_frames = None
+        if self.temporal_head is not None and self.config.temporal_head_input == "frozen":
+            with torch.no_grad():
+                head_frames = self.get_frame_features(pixel_values)
         spatial = self.spatial_prompter
         spatial_mask = None
         if spatial is not None and spatial.stage == "pixels":
@@ -848,12 +887,16 @@ class STOPModel(STOPPreTrainedModel):
         for i, layer in enumerate(vision.encoder.layers):
             if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
                 frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
-            global_tokens, frame_tokens = global_local_block(
-                layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid
-            )
+            block = (layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid)
+            if self.gradient_checkpointing and self.training:  # non-reentrant: else a frozen block passes no grad
+                global_tokens, frame_tokens = checkpoint(global_local_block, *block, use_reentrant=False)
+            else:
+                global_tokens, frame_tokens = global_local_block(*block)
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
-            frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+            frames = head_frames
+            if frames is None:
+                frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
             features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
         return STOPVideoEncoding(
             video_features=features,
@@ -940,6 +983,9 @@ class STOPModel(STOPPreTrainedModel):
             frame_weights=encoding.frame_weights,
             frame_variation=encoding.frame_variation,
             inserted_tokens=encoding.inserted_tokens,
+            spatial_mask_per_layer=encoding.spatial_mask_per_layer,
+            inserted_tokens_per_layer=encoding.inserted_tokens_per_layer,
+            frame_variation_per_layer=encoding.frame_variation_per_layer,
         )
 
 
