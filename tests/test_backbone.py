@@ -73,17 +73,16 @@ def test_saved_image_processor_matches_training_preprocessing():
 def test_backbone_retrieves_held_out_stills_zero_shot(backbone):
     # Fresh stills from a seed that neither training nor the model card's evaluation uses.
     results = evaluate_zero_shot(*backbone, num_stills=100, seed=20251125)
-    # Measured on these 100 stills (and 100 more for brightness, half faint): colour 1.00, size 1.00, position 1.00,
-    # shape 0.55, brightness 0.99 (1.00 between the two brightness captions), image->text R@1 0.55 (chance 1/720),
-    # text->image R@5 1.00. The first recipe's backbone scored shape 0.41 and image->text R@1 0.41 here and had never
-    # seen "faint". Shape is still the weak attribute (0.525 on the model card's 1000 stills).
+    # Measured on these 100 stills: colour 1.00, size 0.99, shape 0.41, position 1.00, image->text R@1 0.41
+    # (chance 1/720), text->image R@5 1.00. The committed backbone is the first recipe's: it never saw "faint" captions
+    # (brightness 0.61, 0.51 given the rest: chance), so brightness is not asserted. The brightness/hard-negative
+    # recipe of pretrain_clip.py reached brightness 0.99 and shape 0.55 here but trained order worse (README).
     assert results["colour_accuracy"] >= 0.9
     assert results["size_accuracy"] >= 0.9
     assert results["position_accuracy"] >= 0.9 and results["position_given_rest_accuracy"] >= 0.9
-    assert results["brightness_accuracy"] >= 0.9 and results["brightness_given_rest_accuracy"] >= 0.9
-    assert results["shape_accuracy"] >= 0.45  # chance 0.2
-    assert results["image_to_text_R@1"] >= 0.45  # chance 0.0014
-    assert results["text_to_image_R@5"] >= 0.95
+    assert results["shape_accuracy"] >= 0.3  # chance 0.2
+    assert results["image_to_text_R@1"] >= 0.3  # chance 0.0014
+    assert results["text_to_image_R@5"] >= 0.9
 
 
 TINY = ["--max_train_steps", "2", "--per_device_train_batch_size", "16", "--hidden_size", "32",
