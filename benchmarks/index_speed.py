@@ -91,8 +91,11 @@ def main(argv=None):
     rss0 = rss_mib()
     start = time.perf_counter()
     data = clustered_embeddings(args.num_embeddings + args.queries, args.dim, args.clusters, args.cluster_cosine, rng)
-    emb, queries = data[: args.num_embeddings], data[args.num_embeddings :]
-    gallery = gallery_from_matrix(emb)
+    queries = data[args.num_embeddings :].copy()
+    gallery = gallery_from_matrix(data[: args.num_embeddings])
+    del data
+    column = gallery.data.column("embedding").chunk(0)
+    emb = column.flatten().to_numpy().reshape(len(column), args.dim)  # the table's own buffer, for exact search
     make_s = time.perf_counter() - start
     rss_data = rss_mib()
 

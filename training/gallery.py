@@ -123,8 +123,12 @@ def _embedding_matrix(gallery: Dataset, rows=None) -> np.ndarray:
             f"add_index: the gallery has no '{EMBEDDING_COLUMN}' column (columns: {gallery.column_names}); build it with "
             "`python -m training.gallery` or add normalised video embeddings under that name"
         )
-    view = gallery.with_format("arrow", columns=[EMBEDDING_COLUMN])
-    column = (view[:] if rows is None else view[rows])[EMBEDDING_COLUMN].combine_chunks()
+    if rows is None and gallery._indices is None:  # no row mapping: read the table's column without a copy
+        column = gallery.data.column(EMBEDDING_COLUMN)
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    else:
+        view = gallery.with_format("arrow", columns=[EMBEDDING_COLUMN])
+        column = (view[:] if rows is None else view[rows])[EMBEDDING_COLUMN].combine_chunks()
     lengths = pa_list_lengths(column)
     if len(column) and (lengths != lengths[0]).any():
         bad = int(np.flatnonzero(lengths != lengths[0])[0])
@@ -187,20 +191,22 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _calibrate_nprobe(index, vectors: np.ndarray, target_recall: float, k: int, rng) -> tuple[int, float]:
-    """The smallest nprobe (powers of two) whose recall@k against exact search reaches `target_recall` on queries
-    near the gallery (gallery rows moved by noise of the rows' own spread)."""
+    """The smallest nprobe (powers of two) whose recall@k against exact search reaches `target_recall`, measured
+    leave-one-out on up to 200 gallery rows used as queries (each row's own match left out of both result lists)."""
     import faiss
 
     rows = rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)
-    base = vectors[rows]
-    noise = rng.standard_normal(base.shape).astype(np.float32) * float(np.std(vectors, axis=0).mean())
-    queries = base + noise
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]  # brute force, no copy of the gallery
+    queries = np.ascontiguousarray(vectors[rows])
+    k = min(k, len(vectors) - 1)
+
+    def without_self(ids):
+        return np.stack([[i for i in found if i != row][:k] for found, row in zip(ids, rows)])
+
+    exact = without_self(faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)[1])  # brute force
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe
-        recall = recall_at_k(index.search(queries, k)[1], exact)
+        recall = recall_at_k(without_self(index.search(queries, k + 1)[1]), exact)
         if recall >= target_recall or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)
@@ -219,11 +225,9 @@ def add_index(
 
     The index fits the gallery's size (`choose_index`): exact (flat) up to `exact_max_size` vectors, above it an
     IVF index trained on a random sample, its `nprobe` the smallest reaching `target_recall`@10 against exact
-    search on queries near the gallery (`kind="hnsw"` builds an HNSW graph instead). Its parameters are recorded in
+    search (leave-one-out over gallery rows) (`kind="hnsw"` builds an HNSW graph instead). Its parameters are recorded in
     `gallery.get_index("embedding").parameters` and, with `output_dir`, saved beside the index
     (`embedding.faiss`, `embedding.faiss.json`) for `load_gallery`."""
-    import faiss
-
     if not isinstance(gallery, Dataset):
         gallery = load_from_disk(str(gallery))
     vectors = _embedding_matrix(gallery)
@@ -234,13 +238,12 @@ def add_index(
     if params["kind"] == "ivf":
         sample = np.sort(rng.choice(len(vectors), size=params["train_size"], replace=False))
         index.train(vectors[sample])
-    # datasets adds every row of the column to the (trained) index
-    gallery.add_faiss_index(column=EMBEDDING_COLUMN, custom_index=index, metric_type=faiss.METRIC_INNER_PRODUCT,
-                            batch_size=10_000)
+    index.add(vectors)
     if params["kind"] == "ivf":
         params["nprobe"], params["calibration_recall_at_10"] = _calibrate_nprobe(index, vectors, target_recall, 10, rng)
     del vectors
     _apply_search_params(index, params)
+    _attach_index(gallery, index)
     gallery.get_index(EMBEDDING_COLUMN).parameters = params
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -263,6 +266,18 @@ def save_gallery(gallery: Dataset, output_dir: str | Path) -> Dataset:
     _apply_search_params(gallery.get_index(EMBEDDING_COLUMN).faiss_index, params)
     gallery.get_index(EMBEDDING_COLUMN).parameters = params
     return gallery
+
+
+def _attach_index(gallery: Dataset, index):
+    """Attach a filled FAISS index to the `embedding` column, as `Dataset.add_faiss_index` does after adding the
+    rows (which would read and add every vector a second time)."""
+    from datasets.search import FaissIndex
+
+    if isinstance(getattr(gallery, "_indexes", None), dict):
+        gallery._indexes[EMBEDDING_COLUMN] = FaissIndex(custom_index=index)
+        return
+    index.reset()  # keeps an IVF index's training; datasets adds the rows again
+    gallery.add_faiss_index(column=EMBEDDING_COLUMN, custom_index=index, batch_size=10_000)
 
 
 def index_parameters(gallery: Dataset) -> dict:
