@@ -67,6 +67,59 @@ def table(prof, group_by_input_shape: bool, rows: int) -> str:
     return "\n".join(lines)
 
 
+def _spectral_conv3d(x, weight, bias, length: int):
+    """A "same" stride-1 Conv3d with small temporal kernels: 2-D real FFTs of every frame (zero-padded to `length`),
+    the temporal taps and channel mixing as one batched complex matmul per frequency, inverse FFT, crop."""
+    import math
+
+    import torch.nn.functional as F
+
+    b, c, t, h, w = x.shape
+    o, _, kt, kh, kw = weight.shape
+
+    def dft(k, n):
+        f = torch.arange(n, dtype=torch.float64)[:, None]
+        j = torch.arange(k, dtype=torch.float64)[None] - k // 2
+        return torch.polar(torch.ones(n, k, dtype=torch.float64), 2 * math.pi * f * j / length).to(torch.complex64)
+
+    kernel = dft(kh, length) @ (weight.to(torch.complex64) @ dft(kw, length // 2 + 1).t())  # [O, C, kt, L, L/2+1]
+    kernel = kernel.permute(3, 4, 0, 1, 2).reshape(-1, o, c * kt)
+    spectrum = F.pad(torch.fft.rfft2(x, s=(length, length)), (0, 0, 0, 0, kt // 2, kt // 2))
+    taps = spectrum.unfold(2, kt, 1).permute(3, 4, 1, 5, 0, 2).reshape(-1, c * kt, b * t)
+    mixed = torch.bmm(kernel, taps).view(length, length // 2 + 1, o, b, t).permute(3, 2, 4, 0, 1)
+    return torch.fft.irfft2(mixed, s=(length, length))[..., :h, :w] + bias.view(1, -1, 1, 1, 1)
+
+
+def conv_probe(frames: int, repeats: int = 3) -> list[str]:
+    """One pixel-prompter conv (9 -> 16 channels, kernel (3, 11, 11), [1, 9, T, 224, 224]): oneDNN direct in
+    channels_last_3d against the FFT formulation above, forward and forward + backward (best of `repeats`)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(9, 16, (3, 11, 11), padding=(1, 5, 5))
+    x = torch.randn(1, 9, frames, 224, 224)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    direct = lambda v: conv(v.contiguous(memory_format=torch.channels_last_3d))  # noqa: E731
+    spectral = lambda v: _spectral_conv3d(v, conv.weight, conv.bias, 240)  # noqa: E731
+    with torch.no_grad():
+        error = (direct(x) - spectral(x)).abs().max().item()
+        fwd = {name: best(lambda f=f: f(x)) for name, f in (("direct", direct), ("fft", spectral))}
+    xg = x.clone().requires_grad_(True)
+    both = {name: best(lambda f=f: f(xg).sum().backward()) for name, f in (("direct", direct), ("fft", spectral))}
+    return ["", f"## One pixel-prompter conv (9 -> 16, (3, 11, 11), [1, 9, {frames}, 224, 224]): direct vs FFT", "",
+            "| formulation | forward (s) | forward + backward (s) |", "|---|---|---|",
+            f"| oneDNN direct, channels_last_3d | {fwd['direct']:.3f} | {both['direct']:.3f} |",
+            f"| per-frame 2-D rFFT (240 x 240) + temporal taps by batched matmul | {fwd['fft']:.3f} | {both['fft']:.3f} |",
+            "", f"max abs difference of the outputs: {error:.2e}; best of {repeats}, {torch.get_num_threads()} threads."]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=12)
@@ -79,6 +132,8 @@ def main(argv=None):
                         help="untimed training steps before the profiled one (a step takes minutes on CPU; its first-call "
                         "overheads are negligible)")
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--conv_probe", action="store_true",
+                        help="also time one pixel-prompter conv directly and through FFTs (the alternative considered)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--output", default="benchmarks/results/profile_official.md")
     args = parser.parse_args(argv)
@@ -139,6 +194,11 @@ def main(argv=None):
             f"{args.train_warmup} warm-up step(s) ({warm:.1f} s), profiled step {profiled:.1f} s (with profiler overhead).", "",
             table(prof, False, args.rows), "", "By input shape:", "", table(prof, True, args.rows),
         ]
+        out += section
+        print("\n".join(section), flush=True)
+
+    if args.conv_probe and not args.tiny:
+        section = conv_probe(args.frames)
         out += section
         print("\n".join(section), flush=True)
 

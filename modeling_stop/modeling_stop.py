@@ -399,6 +399,18 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (flat > threshold).view_as(scores)
 
 
+def _lattice_sums(x: torch.Tensor, dim: int, period: int, pad: int) -> torch.Tensor:
+    """Along `dim` (length n = periods * period), with `pad` zeros on each side: S[r] = sum_a x_pad[a * period + r]
+    over the n / period lattice points a, for r in [0, period + 2 * pad)."""
+    dim = dim % x.dim()
+    periods = x.shape[dim] // period
+    extra = -(-2 * pad // period)  # whole periods the padding spans
+    widths = [0, 0] * (x.dim() - 1 - dim) + [pad, (periods + extra) * period - x.shape[dim] - pad]
+    x = F.pad(x, widths).unflatten(dim, (periods + extra, period))
+    sums = torch.cat([x.narrow(dim, shift, periods).sum(dim) for shift in range(extra + 1)], dim=dim)
+    return sums.narrow(dim, 0, period + 2 * pad)
+
+
 class STOPOfficialSpatialPrompter(nn.Module):
     """Intra-frame spatial prompt in pixel space, as released: `x + s * p + s * p * mask`."""
 
@@ -424,8 +436,29 @@ class STOPOfficialSpatialPrompter(nn.Module):
         self.top_k, self.layout, self.scale = config.spatial_top_k, config.mask_layout, config.spatial_prompt_scale
 
     def region_mask(self, video: torch.Tensor) -> torch.Tensor:
-        score = self.region_score(video).squeeze(1)  # [B, T, H, W]
-        return top_k_mask(pool_to_grid(score, self.grid, self.layout), self.top_k)
+        """Top-k cells of the pooled region score; video [B, 3, T, H, W] -> bool [B, T, g, g]."""
+        with torch.no_grad():  # behind the hard top-k: no gradient reaches the region conv
+            if self.layout == "official":
+                with torch.autocast(video.device.type, enabled=False):  # a small conv now: float32 costs nothing
+                    cells = self.pooled_region_score(video.float())
+            else:
+                cells = pool_to_grid(self.region_score(video).squeeze(1), self.grid, self.layout)
+        return top_k_mask(cells, self.top_k)
+
+    def pooled_region_score(self, video: torch.Tensor) -> torch.Tensor:
+        """`pool_to_grid(region_score(video), layout="official")` without the full-resolution convolution.
+
+        The official cell (i, j) averages the conv output over the lattice {(a * g + i, b * g + j)}. The conv is
+        linear, so that mean is the conv of the lattice sums `S[r, s] = sum_(a, b) x[a * g + r, b * g + s]` of the
+        zero-padded input (r, s in [-k // 2, g + k // 2)), evaluated on the g x g grid: a conv over a
+        [T, g + k - 1, g + k - 1] volume instead of [T, H, W] (about (H / g)^2 fewer multiply-adds)."""
+        conv = self.region_score
+        _, kh, kw = conv.kernel_size
+        g = self.grid
+        sums = _lattice_sums(_lattice_sums(video, 3, g, kh // 2), 4, g, kw // 2)  # [B, 3, T, g+kh-1, g+kw-1]
+        cells = F.conv3d(sums, conv.weight, None, padding=(conv.kernel_size[0] // 2, 0, 0)).squeeze(1)
+        count = (video.shape[3] // g) * (video.shape[4] // g)
+        return cells / count + conv.bias  # [B, T, g, g]
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # channels_last_3d: oneDNN keeps that layout through the whole conv stack (3-4x faster backward on CPU).

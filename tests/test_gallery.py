@@ -85,3 +85,81 @@ def test_faiss_index_over_random_embeddings_returns_exact_inner_product_neighbou
     scores, examples = gallery.get_nearest_examples("embedding", query, k=5)
     assert examples["id"][0] == 123
     np.testing.assert_allclose(scores, np.sort(emb @ query)[::-1][:5], atol=1e-5)
+
+
+def _clustered(n, dim=32, clusters=40, seed=0):
+    """Unit vectors around random centres (cosine ~0.7 to their centre), like real embeddings: clustered."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, clusters, n)] + 0.18 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_index_kind_follows_the_gallery_size():
+    from training.gallery import EXACT_MAX_SIZE, choose_index
+
+    assert choose_index(1000)["kind"] == "flat"
+    assert choose_index(EXACT_MAX_SIZE)["kind"] == "flat"
+    big = choose_index(EXACT_MAX_SIZE + 1)
+    assert big["kind"] == "ivf" and big["nlist"] == int(np.sqrt(EXACT_MAX_SIZE + 1))
+    assert big["train_size"] == 64 * big["nlist"] <= EXACT_MAX_SIZE + 1
+    million = choose_index(1_000_000)
+    assert million["nlist"] == 1000 and million["train_size"] == 64_000
+    assert choose_index(10, exact_max_size=5)["nlist"] == 1  # at least 39 training points per list
+    assert choose_index(1000, kind="hnsw")["kind"] == "hnsw"
+    with pytest.raises(ValueError, match="auto, flat, ivf or hnsw"):
+        choose_index(10, kind="pq")
+
+
+def test_approximate_index_above_the_threshold_reaches_recall_and_survives_save_and_load(tmp_path):
+    from datasets import Dataset
+
+    from training.gallery import index_parameters, recall_at_k, save_gallery
+
+    data = _clustered(6000)
+    emb, queries = data[:5000], data[5000:5100]
+    gallery = add_index(Dataset.from_dict({"id": list(range(5000)), "embedding": list(emb)}), exact_max_size=1000)
+    params = index_parameters(gallery)
+    assert params["kind"] == "ivf" and params["nlist"] == 70 and params["num_vectors"] == 5000 and params["dim"] == 32
+    index = gallery.get_index("embedding").faiss_index
+    assert index.ntotal == 5000 and index.nlist == 70 and index.nprobe == params["nprobe"] < 70
+    assert params["calibration_recall_at_10"] >= 0.97
+    exact = np.argsort(-(queries @ emb.T), axis=1)[:, :10]
+    found = np.array([gallery.get_nearest_examples("embedding", q, k=10)[1]["id"] for q in queries])
+    assert recall_at_k(found, exact) >= 0.95
+
+    save_gallery(gallery, tmp_path / "g")
+    assert json.loads((tmp_path / "g" / "embedding.faiss.json").read_text()) == params
+    loaded = load_gallery(tmp_path / "g")
+    assert index_parameters(loaded) == params
+    assert loaded.get_index("embedding").faiss_index.nprobe == params["nprobe"]
+    again = np.array([loaded.get_nearest_examples("embedding", q, k=10)[1]["id"] for q in queries])
+    np.testing.assert_array_equal(again, found)
+    # the gallery still carries its index after saving
+    np.testing.assert_array_equal(gallery.get_nearest_examples("embedding", queries[0], k=10)[1]["id"], found[0])
+
+
+def test_add_index_takes_a_saved_dataset_folder_and_writes_the_index_beside_it(tmp_path):
+    from datasets import Dataset
+
+    from training.gallery import index_parameters
+
+    emb = _clustered(300)
+    Dataset.from_dict({"id": list(range(300)), "embedding": list(emb)}).save_to_disk(str(tmp_path / "dataset"))
+    gallery = add_index(tmp_path / "dataset", output_dir=tmp_path)
+    assert index_parameters(gallery)["kind"] == "flat" and (tmp_path / "embedding.faiss").exists()
+    scores, examples = load_gallery(tmp_path).get_nearest_examples("embedding", emb[7], k=3)
+    assert examples["id"][0] == 7
+    np.testing.assert_allclose(scores, np.sort(emb @ emb[7])[::-1][:3], atol=1e-5)
+
+
+def test_add_index_rejects_missing_ragged_and_non_finite_embeddings():
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match="no 'embedding' column"):
+        add_index(Dataset.from_dict({"vec": [[1.0, 0.0]]}))
+    with pytest.raises(ValueError, match="row 1 of 'embedding' has 3 values"):
+        add_index(Dataset.from_dict({"embedding": [[1.0, 0.0], [1.0, 0.0, 0.0]]}))
+    with pytest.raises(ValueError, match="row 1 of 'embedding' is not finite"):
+        add_index(Dataset.from_dict({"embedding": [[1.0, 0.0], [float("nan"), 0.0]]}))

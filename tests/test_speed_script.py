@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT
 
@@ -69,3 +70,42 @@ def test_bf16_deviation_machine_and_table(report):
     for r in data["results"]:
         assert r["paired_ratio"] > 0 and len(r["paired_ratios"]) >= 1
     assert "| eval | official | 1 | float32 |" in table and "| train | paper |" in table
+
+
+def test_throughput_benchmark_accounts_for_the_whole_loop(tmp_path):
+    from benchmarks.throughput import main as throughput
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    from tests.video_factory import moving_frames, write_video
+
+    for i in range(2):
+        write_video(videos / f"v{i}.mp4", moving_frames(8, 48, 64, seed=i))
+    result = throughput(["--tiny", "--video_dir", str(videos), "--num_videos", "4", "--batch_size", "2",
+                         "--num_workers", "1", "--output", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())["videos"] == result["videos"] == 4
+    main, shares = result["main_process"], result["shares_of_work"]
+    assert 0 < main["dataloader_wait_share"] < 1 and 0 < main["model_share"] < 1
+    assert abs(main["dataloader_wait_share"] + main["model_share"] + main["other_share"] - 1) < 0.01
+    assert math.isclose(result["videos_per_s"], 4 / result["wall_s"], rel_tol=0.02)
+    assert abs(sum(shares.values()) - 1) < 1e-3 and shares["decoding"] > 0 and shares["preprocessing"] > 0
+    assert [row["video"] for row in result["decode_profile"]] == ["v0.mp4", "v1.mp4"]
+    assert result["settings"]["distinct_videos"] == 2 and result["failed"] == []
+    assert result["target"]["met"] == (main["dataloader_wait_share"] < 0.2)
+
+
+def test_throughput_pipeline_gives_the_processors_pixels(tmp_path):
+    from datasets import Dataset
+
+    from benchmarks.throughput import TimedVideoDataset, TimedVideoProcessor
+    from modeling_stop import STOPVideoProcessor
+    from tests.video_factory import moving_frames, write_video
+
+    write_video(tmp_path / "v.mp4", moving_frames(8, 48, 64, seed=3))
+    timed = TimedVideoDataset(Dataset.from_dict({"video": [str(tmp_path / "v.mp4")]}), TimedVideoProcessor(num_frames=4, size=32),
+                              caption_column=None)
+    item = timed[0]
+    expected = STOPVideoProcessor(num_frames=4, size=32)(str(tmp_path / "v.mp4"))["pixel_values"][0]
+    assert torch.equal(item["pixel_values"], expected)
+    decode, preprocess = item["timing"]
+    assert decode > 0 and preprocess > 0
