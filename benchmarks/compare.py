@@ -1,13 +1,19 @@
 """Print a short comparison table of `benchmarks.run_eval` JSON reports (the quickstart's last step).
 
-    python -m benchmarks.compare outputs/eval_baseline.json outputs/eval_stop.json
+python -m benchmarks.compare outputs/eval_baseline.json outputs/eval_stop.json
 """
 
 import argparse
 import json
 
-COLUMNS = [("t2v_R@1", "T2V R@1"), ("t2v_R@5", "T2V R@5"), ("v2t_R@1", "V2T R@1"), ("t2v_MdR", "MdR"),
-           ("classification/top1_accuracy", "cls top-1"), ("pair_accuracy", "reversed-pair acc")]
+COLUMNS = [
+    ("t2v_R@1", "T2V R@1"),
+    ("t2v_R@5", "T2V R@5"),
+    ("v2t_R@1", "V2T R@1"),
+    ("t2v_MdR", "MdR"),
+    ("classification/top1_accuracy", "cls top-1"),
+    ("pair_accuracy", "reversed-pair acc"),
+]
 
 
 def table(reports: list[dict]) -> str:

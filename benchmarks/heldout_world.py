@@ -132,8 +132,16 @@ REVERSED = {
 }
 
 
-def write_dataset(output_dir, seed: int = 0, num_train: int = 480, num_validation: int = 80, num_test: int = 160,
-                  num_frames: int = 16, size: int = 80, fps: int = 10) -> dict:
+def write_dataset(
+    output_dir,
+    seed: int = 0,
+    num_train: int = 480,
+    num_validation: int = 80,
+    num_test: int = 160,
+    num_frames: int = 16,
+    size: int = 80,
+    fps: int = 10,
+) -> dict:
     """Write the held-out world; returns {split: number of clips}. Motion kinds balanced within every split."""
     if size % 2:
         raise ValueError(f"--size must be even (H.264 yuv420p), got {size}")
@@ -149,12 +157,22 @@ def write_dataset(output_dir, seed: int = 0, num_train: int = 480, num_validatio
             motion = MOTIONS[pair % len(MOTIONS)]
             frames, (label, caption), obj = sample_clip(rng, motion, size, num_frames)
             back_label, back_caption = REVERSED[motion]
-            for suffix, clip, lab, cap in (("a", frames, label, caption),
-                                           ("b", frames[::-1], back_label, back_caption.format(obj=obj))):
+            for suffix, clip, lab, cap in (
+                ("a", frames, label, caption),
+                ("b", frames[::-1], back_label, back_caption.format(obj=obj)),
+            ):
                 file_name = f"{pair:05d}{suffix}.mp4"
                 write_video(split_dir / file_name, np.ascontiguousarray(clip), fps)
-                rows.append({"file_name": file_name, "caption": cap, "label": lab, "pair_id": f"{split}-{pair:05d}",
-                             "motion": motion, "reversed": suffix == "b"})
+                rows.append(
+                    {
+                        "file_name": file_name,
+                        "caption": cap,
+                        "label": lab,
+                        "pair_id": f"{split}-{pair:05d}",
+                        "motion": motion,
+                        "reversed": suffix == "b",
+                    }
+                )
         with open(split_dir / "metadata.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         counts[split] = len(rows)
@@ -172,8 +190,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=80)
     args = parser.parse_args(argv)
     start = time.time()
-    counts = write_dataset(args.output_dir, args.seed, args.num_train, args.num_validation, args.num_test,
-                           args.num_frames, args.size)
+    counts = write_dataset(
+        args.output_dir, args.seed, args.num_train, args.num_validation, args.num_test, args.num_frames, args.size
+    )
     print(f"wrote {counts} to {args.output_dir} in {time.time() - start:.1f}s")
 
 

@@ -40,7 +40,9 @@ def clustered_embeddings(n: int, dim: int, clusters: int, cosine: float, rng, ch
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        x = centres[rng.integers(0, clusters, stop - start)] + sigma * rng.standard_normal((stop - start, dim), dtype=np.float32)
+        x = centres[rng.integers(0, clusters, stop - start)] + sigma * rng.standard_normal(
+            (stop - start, dim), dtype=np.float32
+        )
         out[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -66,7 +68,9 @@ def latencies_ms(gallery, queries: np.ndarray, k: int) -> tuple[list[float], np.
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_embeddings", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=10_000, help="cluster centres of the synthetic embeddings")
@@ -76,8 +80,12 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--kind", default="auto", choices=("auto", "flat", "ivf", "hnsw"))
     parser.add_argument("--exact_max_size", type=int, default=None, help="add_index's flat/approximate threshold")
-    parser.add_argument("--search_threads", type=int, default=1,
-                        help="OpenMP threads for the single queries (1: on a shared machine a second thread only waits)")
+    parser.add_argument(
+        "--search_threads",
+        type=int,
+        default=1,
+        help="OpenMP threads for the single queries (1: on a shared machine a second thread only waits)",
+    )
     parser.add_argument("--save", action="store_true", help="also time saving and loading the gallery's index")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the results")
@@ -145,15 +153,21 @@ def main(argv=None):
             flat.search(q[None], args.k)
             exact_times.append(1000 * (time.perf_counter() - start))
         faiss.omp_set_num_threads(build_threads)
-        exact_ms = dict(median=round(float(np.median(exact_times)), 2), p95=round(float(np.percentile(exact_times, 95)), 2))
+        exact_ms = dict(
+            median=round(float(np.median(exact_times)), 2), p95=round(float(np.percentile(exact_times, 95)), 2)
+        )
         del flat
 
     result = dict(
         command="python -m benchmarks.index_speed " + " ".join(sys.argv[1:] if argv is None else argv),
         num_embeddings=args.num_embeddings,
         dim=args.dim,
-        data=dict(clusters=args.clusters, cluster_cosine=args.cluster_cosine, queries="held-out draws from the same clusters",
-                  generate_s=round(make_s, 1)),
+        data=dict(
+            clusters=args.clusters,
+            cluster_cosine=args.cluster_cosine,
+            queries="held-out draws from the same clusters",
+            generate_s=round(make_s, 1),
+        ),
         k=args.k,
         index=index_parameters(gallery),
         faiss=faiss.__version__,
@@ -167,7 +181,9 @@ def main(argv=None):
         batched_queries_per_s=round(len(queries) / batch_s, 1),
         exact_flat_single_query_ms=exact_ms,
         index_size_mib=round(index_bytes / 2**20, 1),
-        rss_mib=dict(before=round(rss0), with_gallery=round(rss_data), with_index=round(rss_index), peak=round(rss_peak_mib())),
+        rss_mib=dict(
+            before=round(rss0), with_gallery=round(rss_data), with_index=round(rss_index), peak=round(rss_peak_mib())
+        ),
         save_load=saved,
         targets=dict(p95_ms_max=15, recall_min=0.95, build_s_max=300),
     )

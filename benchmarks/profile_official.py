@@ -26,15 +26,22 @@ def module_breakdown(model, pixels, repeats: int) -> list[tuple[str, float]]:
     """Forward wall time per top-level module of the official video tower (eval, inference mode)."""
     spent: dict[str, float] = {}
     starts: dict[str, float] = {}
-    modules = {"spatial prompter (pixel Conv3d stack + region conv)": model.spatial_prompter,
-               "temporal prompter (attention + inter-frame Conv3d)": model.temporal_prompter,
-               "patch embedding + ln_pre": model.clip.vision_model.embeddings,
-               "prompt generator": model.prompt_generator}
+    modules = {
+        "spatial prompter (pixel Conv3d stack + region conv)": model.spatial_prompter,
+        "temporal prompter (attention + inter-frame Conv3d)": model.temporal_prompter,
+        "patch embedding + ln_pre": model.clip.vision_model.embeddings,
+        "prompt generator": model.prompt_generator,
+    }
     handles = []
     for name, module in modules.items():
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda m, a, o, n=name: spent.__setitem__(n, spent.get(n, 0.0) + time.perf_counter() - starts[n])))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter()))
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, n=name: spent.__setitem__(n, spent.get(n, 0.0) + time.perf_counter() - starts[n])
+            )
+        )
     total = 0.0
     with torch.inference_mode():
         model.encode_video(pixels)  # warm-up
@@ -46,7 +53,9 @@ def module_breakdown(model, pixels, repeats: int) -> list[tuple[str, float]]:
     for h in handles:
         h.remove()
     rows = [(name, t / repeats) for name, t in spent.items()]
-    rows.append(("transformer layers with global-local attention, projection (rest)", (total - sum(spent.values())) / repeats))
+    rows.append(
+        ("transformer layers with global-local attention, projection (rest)", (total - sum(spent.values())) / repeats)
+    )
     rows.append(("total", total / repeats))
     return rows
 
@@ -55,7 +64,11 @@ def table(prof, group_by_input_shape: bool, rows: int) -> str:
     averages = prof.key_averages(group_by_input_shape=group_by_input_shape)
     total = sum(e.self_cpu_time_total for e in averages) or 1.0
     events = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-    head = "| op | input shapes | self CPU (s) | self CPU % | calls |" if group_by_input_shape else "| op | self CPU (s) | self CPU % | total CPU (s) | calls |"
+    head = (
+        "| op | input shapes | self CPU (s) | self CPU % | calls |"
+        if group_by_input_shape
+        else "| op | self CPU (s) | self CPU % | total CPU (s) | calls |"
+    )
     lines = [head, "|---|---|---|---|---|"]
     for e in events:
         share = 100.0 * e.self_cpu_time_total / total
@@ -63,7 +76,9 @@ def table(prof, group_by_input_shape: bool, rows: int) -> str:
             shapes = ", ".join(str(s) for s in (e.input_shapes or []) if s)[:90] or "-"
             lines.append(f"| `{e.key}` | {shapes} | {e.self_cpu_time_total / 1e6:.3f} | {share:.1f} | {e.count} |")
         else:
-            lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 1e6:.3f} | {share:.1f} | {e.cpu_time_total / 1e6:.3f} | {e.count} |")
+            lines.append(
+                f"| `{e.key}` | {e.self_cpu_time_total / 1e6:.3f} | {share:.1f} | {e.cpu_time_total / 1e6:.3f} | {e.count} |"
+            )
     return "\n".join(lines)
 
 
@@ -113,11 +128,17 @@ def conv_probe(frames: int, repeats: int = 3) -> list[str]:
         fwd = {name: best(lambda f=f: f(x)) for name, f in (("direct", direct), ("fft", spectral))}
     xg = x.clone().requires_grad_(True)
     both = {name: best(lambda f=f: f(xg).sum().backward()) for name, f in (("direct", direct), ("fft", spectral))}
-    return ["", f"## One pixel-prompter conv (9 -> 16, (3, 11, 11), [1, 9, {frames}, 224, 224]): direct vs FFT", "",
-            "| formulation | forward (s) | forward + backward (s) |", "|---|---|---|",
-            f"| oneDNN direct, channels_last_3d | {fwd['direct']:.3f} | {both['direct']:.3f} |",
-            f"| per-frame 2-D rFFT (240 x 240) + temporal taps by batched matmul | {fwd['fft']:.3f} | {both['fft']:.3f} |",
-            "", f"max abs difference of the outputs: {error:.2e}; best of {repeats}, {torch.get_num_threads()} threads."]
+    return [
+        "",
+        f"## One pixel-prompter conv (9 -> 16, (3, 11, 11), [1, 9, {frames}, 224, 224]): direct vs FFT",
+        "",
+        "| formulation | forward (s) | forward + backward (s) |",
+        "|---|---|---|",
+        f"| oneDNN direct, channels_last_3d | {fwd['direct']:.3f} | {both['direct']:.3f} |",
+        f"| per-frame 2-D rFFT (240 x 240) + temporal taps by batched matmul | {fwd['fft']:.3f} | {both['fft']:.3f} |",
+        "",
+        f"max abs difference of the outputs: {error:.2e}; best of {repeats}, {torch.get_num_threads()} threads.",
+    ]
 
 
 def main(argv=None):
@@ -125,21 +146,36 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--eval_batch_size", type=int, default=1)
     parser.add_argument("--train_batch_size", type=int, default=4, help="0 skips the training step")
-    parser.add_argument("--fast", action="store_true",
-                        help="profile the candidate speed-up: pixel prompter convs in channels_last_3d, inter-frame convs by FFT")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="profile the candidate speed-up: pixel prompter convs in channels_last_3d, inter-frame convs by FFT",
+    )
     parser.add_argument("--bf16", action="store_true", help="under torch.autocast('cpu', dtype=torch.bfloat16)")
-    parser.add_argument("--train_warmup", type=int, default=0,
-                        help="untimed training steps before the profiled one (a step takes minutes on CPU; its first-call "
-                        "overheads are negligible)")
+    parser.add_argument(
+        "--train_warmup",
+        type=int,
+        default=0,
+        help="untimed training steps before the profiled one (a step takes minutes on CPU; its first-call "
+        "overheads are negligible)",
+    )
     parser.add_argument("--rows", type=int, default=15)
-    parser.add_argument("--conv_probe", action="store_true",
-                        help="also time one pixel-prompter conv directly and through FFTs (the alternative considered)")
+    parser.add_argument(
+        "--conv_probe",
+        action="store_true",
+        help="also time one pixel-prompter conv directly and through FFTs (the alternative considered)",
+    )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--output", default="benchmarks/results/profile_official.md")
     args = parser.parse_args(argv)
 
-    spec = dict(tiny=args.tiny, frames=args.frames if not args.tiny else 4, max_words=32 if not args.tiny else 8,
-                device="cpu", seed=0)
+    spec = dict(
+        tiny=args.tiny,
+        frames=args.frames if not args.tiny else 4,
+        max_words=32 if not args.tiny else 8,
+        device="cpu",
+        seed=0,
+    )
     name = "official_fast" if args.fast else "official"
     model = build_model(name, spec).eval()
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
@@ -159,14 +195,27 @@ def main(argv=None):
     pixels, _ = make_inputs(spec, model, args.eval_batch_size)
     with autocast():
         breakdown = module_breakdown(model, pixels, repeats=2)
-    out += ["", f"## Eval forward, batch {args.eval_batch_size}: time per module (wall, mean of 2 after warm-up)", "",
-            "| module | seconds | share |", "|---|---|---|"]
+    out += [
+        "",
+        f"## Eval forward, batch {args.eval_batch_size}: time per module (wall, mean of 2 after warm-up)",
+        "",
+        "| module | seconds | share |",
+        "|---|---|---|",
+    ]
     total = breakdown[-1][1]
     out += [f"| {n} | {t:.3f} | {100 * t / total:.0f}% |" for n, t in breakdown]
     with torch.inference_mode(), autocast(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         model.encode_video(pixels)
-    out += ["", f"## Eval forward, batch {args.eval_batch_size}: top ops by self CPU time", "", table(prof, False, args.rows),
-            "", "By input shape:", "", table(prof, True, args.rows)]
+    out += [
+        "",
+        f"## Eval forward, batch {args.eval_batch_size}: top ops by self CPU time",
+        "",
+        table(prof, False, args.rows),
+        "",
+        "By input shape:",
+        "",
+        table(prof, True, args.rows),
+    ]
     print("\n".join(out), flush=True)
 
     if args.train_batch_size:
@@ -190,9 +239,16 @@ def main(argv=None):
             step()
             profiled = time.perf_counter() - start
         section = [
-            "", f"## Training step, batch {args.train_batch_size} (forward + backward + AdamW): top ops by self CPU time", "",
-            f"{args.train_warmup} warm-up step(s) ({warm:.1f} s), profiled step {profiled:.1f} s (with profiler overhead).", "",
-            table(prof, False, args.rows), "", "By input shape:", "", table(prof, True, args.rows),
+            "",
+            f"## Training step, batch {args.train_batch_size} (forward + backward + AdamW): top ops by self CPU time",
+            "",
+            f"{args.train_warmup} warm-up step(s) ({warm:.1f} s), profiled step {profiled:.1f} s (with profiler overhead).",
+            "",
+            table(prof, False, args.rows),
+            "",
+            "By input shape:",
+            "",
+            table(prof, True, args.rows),
         ]
         out += section
         print("\n".join(section), flush=True)

@@ -34,8 +34,14 @@ ROWS = {
     "dgl": (["variant=official", *NO_STOP, NO_HEAD], "DGL prompts only (generator, global/local prompts, adapters)"),
     "stop-official": (["variant=official", NO_HEAD], "STOP, authors' released formulation"),
     "stop-paper": (["variant=paper", NO_HEAD], "STOP, the paper's formulation"),
-    "stop-paper-spatial": (["variant=paper", "use_temporal_prompt=False", NO_HEAD], "STOP paper, spatial prompting only"),
-    "stop-paper-temporal": (["variant=paper", "use_spatial_prompt=False", NO_HEAD], "STOP paper, temporal prompting only"),
+    "stop-paper-spatial": (
+        ["variant=paper", "use_temporal_prompt=False", NO_HEAD],
+        "STOP paper, spatial prompting only",
+    ),
+    "stop-paper-temporal": (
+        ["variant=paper", "use_spatial_prompt=False", NO_HEAD],
+        "STOP paper, temporal prompting only",
+    ),
     "stop-official-seqTransf": (["variant=official", "temporal_head=seqTransf"], "STOP official + seqTransf"),
     "stop-paper-seqTransf": (["variant=paper", "temporal_head=seqTransf"], "STOP paper + seqTransf"),
     "stop-paper-seqTransf-prompted": (
@@ -48,7 +54,10 @@ ROWS = {
     ),
     # The cached fast path buys ~15x more epochs in the wall time of one end-to-end STOP row: a DIFFERENT budget
     # (equal wall time, not equal epochs), reported as its own row.
-    "clip-seqTransf-long": (FROZEN + ["temporal_head=seqTransf"], "frozen CLIP + seqTransf, 60 epochs on cached features"),
+    "clip-seqTransf-long": (
+        FROZEN + ["temporal_head=seqTransf"],
+        "frozen CLIP + seqTransf, 60 epochs on cached features",
+    ),
     # The official variant's end-to-end CPU step is far slower: one epoch, for a paper-vs-official comparison at the
     # same (reduced) budget as `stop-paper-1epoch`.
     "stop-official-1epoch": (["variant=official", NO_HEAD], "STOP official, 1 epoch"),
@@ -61,9 +70,18 @@ ROW_TRAIN_ARGS = {
     "stop-paper-1epoch": ["--num_train_epochs", "1"],
 }
 COLUMNS = [
-    ("t2v_R@1", "T2V R@1"), ("t2v_R@5", "R@5"), ("t2v_R@10", "R@10"), ("t2v_MdR", "MdR"), ("t2v_MnR", "MnR"),
-    ("v2t_R@1", "V2T R@1"), ("v2t_R@5", "R@5"), ("v2t_R@10", "R@10"), ("v2t_MdR", "MdR"), ("v2t_MnR", "MnR"),
-    ("classification/top1_accuracy", "cls top-1"), ("pair_accuracy", "pair acc"),
+    ("t2v_R@1", "T2V R@1"),
+    ("t2v_R@5", "R@5"),
+    ("t2v_R@10", "R@10"),
+    ("t2v_MdR", "MdR"),
+    ("t2v_MnR", "MnR"),
+    ("v2t_R@1", "V2T R@1"),
+    ("v2t_R@5", "R@5"),
+    ("v2t_R@10", "R@10"),
+    ("v2t_MdR", "MdR"),
+    ("v2t_MnR", "MnR"),
+    ("classification/top1_accuracy", "cls top-1"),
+    ("pair_accuracy", "pair acc"),
 ]
 
 
@@ -86,15 +104,42 @@ def run_row(name: str, seed: int, args) -> dict:
     if overrides is None:
         model, extra = args.model_name_or_path, ["--baseline", "meanP", "--num_frames", str(args.num_frames)]
     else:
-        train = [sys.executable, "training/train.py", "--model_name_or_path", args.model_name_or_path,
-                 "--dataset_name", args.dataset_name, "--output_dir", str(out / "model"), "--seed", str(seed),
-                 "--num_frames", str(args.num_frames), *args.train_args.split(), *ROW_TRAIN_ARGS.get(name, []),
-                 "--stop_config_overrides", *overrides]
+        train = [
+            sys.executable,
+            "training/train.py",
+            "--model_name_or_path",
+            args.model_name_or_path,
+            "--dataset_name",
+            args.dataset_name,
+            "--output_dir",
+            str(out / "model"),
+            "--seed",
+            str(seed),
+            "--num_frames",
+            str(args.num_frames),
+            *args.train_args.split(),
+            *ROW_TRAIN_ARGS.get(name, []),
+            "--stop_config_overrides",
+            *overrides,
+        ]
         run(train, out / "train.log")
         model, extra = str(out / "model"), []
-    evaluation = [sys.executable, "-m", "benchmarks.run_eval", "--model_name_or_path", model,
-                  "--dataset_name", args.dataset_name, "--split", "test", "--seed", str(seed),
-                  "--output_json", str(out / "eval_raw.json"), *extra]
+    evaluation = [
+        sys.executable,
+        "-m",
+        "benchmarks.run_eval",
+        "--model_name_or_path",
+        model,
+        "--dataset_name",
+        args.dataset_name,
+        "--split",
+        "test",
+        "--seed",
+        str(seed),
+        "--output_json",
+        str(out / "eval_raw.json"),
+        *extra,
+    ]
     if args.max_eval_samples:
         evaluation += ["--max_samples", str(args.max_eval_samples)]
     run(evaluation, out / "eval.log")
@@ -130,21 +175,33 @@ def markdown(table: dict, seeds: list[int], command: str, wall: float) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     per_kind = sorted({k for stats in table.values() for k in stats if k.startswith("pair_accuracy/")})
     if per_kind:
-        lines += ["", "Reversed-pair accuracy by motion kind:", "",
-                  "| row | " + " | ".join(k.split("/", 1)[1] for k in per_kind) + " |",
-                  "|" + "---|" * (len(per_kind) + 1)]
+        lines += [
+            "",
+            "Reversed-pair accuracy by motion kind:",
+            "",
+            "| row | " + " | ".join(k.split("/", 1)[1] for k in per_kind) + " |",
+            "|" + "---|" * (len(per_kind) + 1),
+        ]
         for name, stats in table.items():
-            lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:.2f}" if k in stats else "-" for k in per_kind) + " |")
-    lines += ["", f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
-              f"in {wall / 60:.1f} min."]
+            lines.append(
+                f"| {name} | " + " | ".join(f"{stats[k][0]:.2f}" if k in stats else "-" for k in per_kind) + " |"
+            )
+    lines += [
+        "",
+        f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
+        f"in {wall / 60:.1f} min.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_name", required=True)
-    parser.add_argument("--model_name_or_path", default=str(REPO / "checkpoints" / "clip-synthetic"),
-                        help="the CLIP every row starts from")
+    parser.add_argument(
+        "--model_name_or_path",
+        default=str(REPO / "checkpoints" / "clip-synthetic"),
+        help="the CLIP every row starts from",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
@@ -160,8 +217,9 @@ def main(argv=None):
     text = markdown(table, args.seeds, command, time.perf_counter() - start)
     out = Path(args.output_dir)
     (out / "table.md").write_text(text + "\n")
-    (out / "table.json").write_text(json.dumps({"rows": {n: {"description": ROWS[n][1], "runs": r}
-                                                         for n, r in reports.items()}}, indent=1))
+    (out / "table.json").write_text(
+        json.dumps({"rows": {n: {"description": ROWS[n][1], "runs": r} for n, r in reports.items()}}, indent=1)
+    )
     print(text)
 
 

@@ -79,13 +79,30 @@ TARGETS = [
 ]
 # (name, stage, model, reference model, batch, dtype, least speed-up): paired ratio of the reference / of the model
 SPEEDUP_TARGETS = [
-    ("official eval forward speed-up over the authors' formulation (batch 1, fp32)", "eval", "official",
-     "official_authors", 1, "float32", 2.0),
-    ("official train step speed-up over the authors' formulation (batch 4, fp32)", "train", "official",
-     "official_authors", 4, "float32", None),
+    (
+        "official eval forward speed-up over the authors' formulation (batch 1, fp32)",
+        "eval",
+        "official",
+        "official_authors",
+        1,
+        "float32",
+        2.0,
+    ),
+    (
+        "official train step speed-up over the authors' formulation (batch 4, fp32)",
+        "train",
+        "official",
+        "official_authors",
+        4,
+        "float32",
+        None,
+    ),
 ]
 # The authors' code on the same kind of machine (docs/ENVIRONMENT.md): eval 1.7 s / video, train step 54 s / 4 videos.
-AUTHORS_RATIOS = {"official eval forward / backbone (batch 1, fp32)": 3.1, "official train step / backbone fwd+bwd (batch 4, fp32)": 10.6}
+AUTHORS_RATIOS = {
+    "official eval forward / backbone (batch 1, fp32)": 3.1,
+    "official train step / backbone fwd+bwd (batch 4, fp32)": 10.6,
+}
 
 
 # ------------------------------------------------------------------------------------------------ model and data
@@ -96,11 +113,25 @@ def clip_geometry(tiny: bool) -> dict:
         config = CLIPConfig()  # the defaults are CLIP ViT-B/32: vision 768 x 12 layers, patch 32, 224 px; text 512
     else:
         config = CLIPConfig(
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             vocab_size=100, max_position_embeddings=40, bos_token_id=98, eos_token_id=99,
-                             pad_token_id=0),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=32, patch_size=8),
+            text_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                vocab_size=100,
+                max_position_embeddings=40,
+                bos_token_id=98,
+                eos_token_id=99,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
             projection_dim=16,
         )
     return dict(
@@ -118,8 +149,13 @@ def build_model(name: str, spec: dict):
     geometry = clip_geometry(spec["tiny"])
     stop_kwargs = dict(MODELS[name])
     if spec["tiny"]:
-        stop_kwargs.update(inter_kernel=(3, 5, 7), prompter_kernel=(3, 3, 3), region_kernel=(3, 3, 3),
-                           frame_weight_kernel=(3, 3, 3), spatial_top_k=3)
+        stop_kwargs.update(
+            inter_kernel=(3, 5, 7),
+            prompter_kernel=(3, 3, 3),
+            region_kernel=(3, 3, 3),
+            frame_weight_kernel=(3, 3, 3),
+            spatial_top_k=3,
+        )
     torch.manual_seed(spec["seed"])  # same CLIP weights for every model
     config = STOPConfig(**geometry, num_frames=spec["frames"], max_words=spec["max_words"], **stop_kwargs)
     model = STOPModel(config)
@@ -136,6 +172,7 @@ FAST_NOTE = (
     "Conv3d stack runs in channels_last_3d memory format and the inter-frame prompt's Conv3d modules run through FFTs "
     "(same parameters; outputs equal up to float rounding, the parity tests pass with it)."
 )
+
 
 def use_fast_official_convs(model):
     """The official variant's speed-up (now the package's default: this re-applies it, for runs comparing it with the
@@ -269,14 +306,20 @@ class Memory:
 
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-            return dict(method="torch.cuda.max_memory_allocated", peak_delta_mib=(torch.cuda.max_memory_allocated() - self.base) / 2**20)
+            return dict(
+                method="torch.cuda.max_memory_allocated",
+                peak_delta_mib=(torch.cuda.max_memory_allocated() - self.base) / 2**20,
+            )
         hwm = self._status("VmHWM")
         if hwm is None or not self.reset_ok:  # fall back to the lifetime high-water mark
             import resource
 
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return dict(method="VmHWM - VmRSS before" if self.reset_ok else "ru_maxrss - VmRSS before",
-                    peak_delta_mib=max(hwm - self.base, 0) / 2**20, peak_rss_mib=hwm / 2**20)
+        return dict(
+            method="VmHWM - VmRSS before" if self.reset_ok else "ru_maxrss - VmRSS before",
+            peak_delta_mib=max(hwm - self.base, 0) / 2**20,
+            peak_rss_mib=hwm / 2**20,
+        )
 
 
 def _sync(device: str):
@@ -400,11 +443,22 @@ def run_group(group: dict, spec: dict) -> list[dict]:
             around = [backbone[k] for k in (r, r + 1) if k in backbone]
             if around:
                 paired.append(1.0 if name == BACKBONE else t * len(around) / sum(around))
-        record = dict(stage=stage, model=name, batch_size=batch, dtype=group["dtype"], times_s=times,
-                      rounds=[r for r, _ in samples[name]], warmup_s=warm.get(name), warmup_counted=name in counted,
-                      median_s=statistics.median(times), repeats=len(times),
-                      paired_ratios=paired, paired_ratio=statistics.median(paired) if paired else None,
-                      loadavg_1min=load, trainable_params=sum(p.numel() for p in models[name].parameters() if p.requires_grad))
+        record = dict(
+            stage=stage,
+            model=name,
+            batch_size=batch,
+            dtype=group["dtype"],
+            times_s=times,
+            rounds=[r for r, _ in samples[name]],
+            warmup_s=warm.get(name),
+            warmup_counted=name in counted,
+            median_s=statistics.median(times),
+            repeats=len(times),
+            paired_ratios=paired,
+            paired_ratio=statistics.median(paired) if paired else None,
+            loadavg_1min=load,
+            trainable_params=sum(p.numel() for p in models[name].parameters() if p.requires_grad),
+        )
         record.update(peaks[name])
         results.append(record)
         if stage == "eval" and group.get("embeddings_dir"):
@@ -433,8 +487,16 @@ def worker_main(path: str):
         try:
             results.extend(run_group(group, spec))
         except Exception as error:  # noqa: BLE001 - reported in the JSON, the run goes on
-            results.extend(dict(stage=group["stage"], model=m, batch_size=group["batch_size"], dtype=group["dtype"],
-                                error=f"{type(error).__name__}: {error}") for m in group["models"])
+            results.extend(
+                dict(
+                    stage=group["stage"],
+                    model=m,
+                    batch_size=group["batch_size"],
+                    dtype=group["dtype"],
+                    error=f"{type(error).__name__}: {error}",
+                )
+                for m in group["models"]
+            )
         gc.unfreeze()
         gc.collect()
     Path(payload["result_path"]).write_text(json.dumps(results))
@@ -477,7 +539,9 @@ def plan_groups(args, embeddings_dir: str) -> list[dict]:
     groups = []
     for dtype in args.dtypes:
         for batch in args.batch_sizes:
-            groups.append(dict(stage="eval", batch_size=batch, dtype=dtype, models=args.models, embeddings_dir=embeddings_dir))
+            groups.append(
+                dict(stage="eval", batch_size=batch, dtype=dtype, models=args.models, embeddings_dir=embeddings_dir)
+            )
         if args.train_batch_size:
             groups.append(dict(stage="train", batch_size=args.train_batch_size, dtype=dtype, models=args.models))
     return groups
@@ -490,24 +554,43 @@ def run_groups(groups: list[dict], spec: dict, isolation: str, workdir: Path, lo
         payload_path, result_path = workdir / f"groups{i}.json", workdir / f"result{i}.json"
         payload_path.write_text(json.dumps(dict(spec=spec, groups=batch, result_path=str(result_path))))
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--worker", str(payload_path)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.speed", "--worker", str(payload_path)], capture_output=True, text=True
+        )
         if proc.returncode != 0 or not result_path.exists():
             tail = (proc.stderr or proc.stdout)[-2000:]
-            new = [dict(stage=g["stage"], model=m, batch_size=g["batch_size"], dtype=g["dtype"],
-                        error=f"worker failed (rc {proc.returncode}): {tail}") for g in batch for m in g["models"]]
+            new = [
+                dict(
+                    stage=g["stage"],
+                    model=m,
+                    batch_size=g["batch_size"],
+                    dtype=g["dtype"],
+                    error=f"worker failed (rc {proc.returncode}): {tail}",
+                )
+                for g in batch
+                for m in g["models"]
+            ]
         else:
             new = json.loads(result_path.read_text())
         results.extend(new)
         for r in new:
-            done = (f"{r['median_s']:.3f} s x{r['repeats']}, paired ratio {_fmt(r['paired_ratio'], 2)}"
-                    if "median_s" in r else r.get("error", "?")[:300])
-            log(f"[{time.perf_counter() - start:6.1f} s] {r['stage']:5s} {r['model']:13s} b{r['batch_size']} {r['dtype']:7s} {done}")
+            done = (
+                f"{r['median_s']:.3f} s x{r['repeats']}, paired ratio {_fmt(r['paired_ratio'], 2)}"
+                if "median_s" in r
+                else r.get("error", "?")[:300]
+            )
+            log(
+                f"[{time.perf_counter() - start:6.1f} s] {r['stage']:5s} {r['model']:13s} b{r['batch_size']} {r['dtype']:7s} {done}"
+            )
     return results
 
 
 def add_ratios(results: list[dict]):
-    base = {(r["stage"], r["batch_size"], r["dtype"]): r["median_s"] for r in results if r["model"] == BACKBONE and "median_s" in r}
+    base = {
+        (r["stage"], r["batch_size"], r["dtype"]): r["median_s"]
+        for r in results
+        if r["model"] == BACKBONE and "median_s" in r
+    }
     for r in results:
         ref = base.get((r["stage"], r["batch_size"], r["dtype"]))
         r["backbone_median_s"] = ref
@@ -526,10 +609,13 @@ def bf16_deviation(directory: str, models, batch_sizes) -> list[dict]:
                 continue
             a, b = torch.load(p32), torch.load(p16)
             ea, eb = F.normalize(a["video_features"], dim=-1), F.normalize(b["video_features"], dim=-1)
-            row = dict(model=model, batch_size=batch,
-                       min_cosine=(ea * eb).sum(-1).min().item(),
-                       max_abs_diff=(ea - eb).abs().max().item(),
-                       max_abs_diff_unnormalised=(a["video_features"] - b["video_features"]).abs().max().item())
+            row = dict(
+                model=model,
+                batch_size=batch,
+                min_cosine=(ea * eb).sum(-1).min().item(),
+                max_abs_diff=(ea - eb).abs().max().item(),
+                max_abs_diff_unnormalised=(a["video_features"] - b["video_features"]).abs().max().item(),
+            )
             if "spatial_mask" in a:
                 row["spatial_mask_agreement"] = (a["spatial_mask"] == b["spatial_mask"]).float().mean().item()
             if "frame_weights" in a:
@@ -546,24 +632,50 @@ def check_targets(results: list[dict]) -> list[dict]:
     if any(r["model"] == "official_fast" for r in results):  # the candidate speed-up against the same targets
         targets += [(f"{t[0]} [official_fast]", t[1], "official_fast", *t[3:]) for t in TARGETS if t[2] == "official"]
     for name, stage, model, batch, dtype, limit in targets:
-        match = [r for r in results if (r["stage"], r["model"], r["batch_size"], r["dtype"]) == (stage, model, batch, dtype)]
+        match = [
+            r for r in results if (r["stage"], r["model"], r["batch_size"], r["dtype"]) == (stage, model, batch, dtype)
+        ]
         paired = match[0].get("paired_ratio") if match else None
         plain = match[0].get("ratio_to_backbone") if match else None
         authors = AUTHORS_RATIOS.get(name)
-        reference = [r for r in results if (r["stage"], r["model"], r["batch_size"], r["dtype"]) == (stage, "official_authors", batch, dtype)]
+        reference = [
+            r
+            for r in results
+            if (r["stage"], r["model"], r["batch_size"], r["dtype"]) == (stage, "official_authors", batch, dtype)
+        ]
         if model == "official" and reference and reference[0].get("paired_ratio"):
             authors = reference[0]["paired_ratio"]  # measured in this run
-        rows.append(dict(name=name, limit=limit, measured=paired, ratio_of_medians=plain,
-                         met=None if paired is None else paired <= limit, authors_code=authors))
+        rows.append(
+            dict(
+                name=name,
+                limit=limit,
+                measured=paired,
+                ratio_of_medians=plain,
+                met=None if paired is None else paired <= limit,
+                authors_code=authors,
+            )
+        )
     for name, stage, model, ref, batch, dtype, least in SPEEDUP_TARGETS:
-        find = lambda m: [r for r in results if (r["stage"], r["model"], r["batch_size"], r["dtype"]) == (stage, m, batch, dtype)]  # noqa: E731
-        mine, theirs = find(model), find(ref)
+        key = (stage, batch, dtype)
+        mine, theirs = (
+            [r for r in results if (r["stage"], r["batch_size"], r["dtype"]) == key and r["model"] == m]
+            for m in (model, ref)
+        )
         if not (mine and theirs and mine[0].get("paired_ratio") and theirs[0].get("paired_ratio")):
             continue
         speedup = theirs[0]["paired_ratio"] / mine[0]["paired_ratio"]
         plain = theirs[0]["median_s"] / mine[0]["median_s"]
-        rows.append(dict(name=name, limit=least, kind="speed-up", measured=speedup, ratio_of_medians=plain,
-                         met=None if least is None else speedup >= least, authors_code=None))
+        rows.append(
+            dict(
+                name=name,
+                limit=least,
+                kind="speed-up",
+                measured=speedup,
+                ratio_of_medians=plain,
+                met=None if least is None else speedup >= least,
+                authors_code=None,
+            )
+        )
     return rows
 
 
@@ -571,7 +683,7 @@ def _fmt(value, digits=3):
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+        return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.2e}"
     return str(value)
 
 
@@ -602,52 +714,89 @@ def markdown(report: dict) -> str:
             f"{_fmt(r['paired_ratio'], 2)} | {_fmt(r['ratio_to_backbone'], 2)} | {reps} | {r['peak_delta_mib']:.0f} |"
         )
     if report["bf16_deviation"]:
-        lines += ["", "## float32 vs bf16 autocast (video embeddings, eval)", "",
-                  "| model | batch | min cosine | max abs diff (normalised) | spatial mask agreement | frame weights max diff | inserted-token agreement |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## float32 vs bf16 autocast (video embeddings, eval)",
+            "",
+            "| model | batch | min cosine | max abs diff (normalised) | spatial mask agreement | frame weights max diff | inserted-token agreement |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for d in report["bf16_deviation"]:
             lines.append(
                 f"| {d['model']} | {d['batch_size']} | {d['min_cosine']:.6f} | {_fmt(d['max_abs_diff'], 4)} | "
                 f"{_fmt(d.get('spatial_mask_agreement'), 4)} | {_fmt(d.get('frame_weights_max_abs_diff'), 4)} | "
                 f"{_fmt(d.get('inserted_tokens_agreement'), 4)} |"
             )
-    lines += ["", "## Targets (fp32)", "", "Ratios to the backbone (speed-ups: the authors' formulation's paired ratio / the model's).", "",
-              "| target | limit | paired ratio | ratio of medians | met | authors' formulation |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Targets (fp32)",
+        "",
+        "Ratios to the backbone (speed-ups: the authors' formulation's paired ratio / the model's).",
+        "",
+        "| target | limit | paired ratio | ratio of medians | met | authors' formulation |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in report["targets"]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "no")
-        bound = "-" if t["limit"] is None else (f">= {t['limit']}" if t.get("kind") == "speed-up" else f"<= {t['limit']}")
-        lines.append(f"| {t['name']} | {bound} | {_fmt(t['measured'], 2)} | {_fmt(t['ratio_of_medians'], 2)} | "
-                     f"{met} | {_fmt(t['authors_code'], 1)} |")
+        bound = (
+            "-" if t["limit"] is None else (f">= {t['limit']}" if t.get("kind") == "speed-up" else f"<= {t['limit']}")
+        )
+        lines.append(
+            f"| {t['name']} | {bound} | {_fmt(t['measured'], 2)} | {_fmt(t['ratio_of_medians'], 2)} | "
+            f"{met} | {_fmt(t['authors_code'], 1)} |"
+        )
     if report.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--image_size", type=int, default=224, help="frame size (ViT-B/32 geometry: 224)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4], help="eval batch sizes")
     parser.add_argument("--train_batch_size", type=int, default=4, help="videos (and texts) per training step; 0 skips")
     parser.add_argument("--max_words", type=int, default=32)
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
-                        help="official_fast = the official variant with the candidate faster convolutions (use_fast_official_convs)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=DEFAULT_MODELS,
+        choices=list(MODELS),
+        help="official_fast = the official variant with the candidate faster convolutions (use_fast_official_convs)",
+    )
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per stage/batch/dtype (at most)")
     parser.add_argument("--warmup", type=int, choices=(0, 1), default=1, help="1: a warm-up round first")
-    parser.add_argument("--max_seconds", type=float, default=60.0,
-                        help="stop adding rounds once the timed rounds of a stage/batch/dtype exceed this")
-    parser.add_argument("--slow_seconds", type=float, default=20.0,
-                        help="a model whose warm-up step exceeds this keeps it as its single sample")
+    parser.add_argument(
+        "--max_seconds",
+        type=float,
+        default=60.0,
+        help="stop adding rounds once the timed rounds of a stage/batch/dtype exceed this",
+    )
+    parser.add_argument(
+        "--slow_seconds",
+        type=float,
+        default=20.0,
+        help="a model whose warm-up step exceeds this keeps it as its single sample",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
-    parser.add_argument("--isolation", choices=("group", "none"), default=None,
-                        help="group: a fresh subprocess per stage/batch/dtype (default); none: one subprocess for all "
-                        "(default with --tiny). Peak memory is reset before every step either way")
+    parser.add_argument(
+        "--isolation",
+        choices=("group", "none"),
+        default=None,
+        help="group: a fresh subprocess per stage/batch/dtype (default); none: one subprocess for all "
+        "(default with --tiny). Peak memory is reset before every step either way",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tiny", action="store_true", help="a tiny CLIP (32 px, width 64, 2 layers), 4 frames: seconds")
-    parser.add_argument("--output", default="benchmarks/results/speed_cpu.json", help="JSON; a .md table is written beside it")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny CLIP (32 px, width 64, 2 layers), 4 frames: seconds"
+    )
+    parser.add_argument(
+        "--output", default="benchmarks/results/speed_cpu.json", help="JSON; a .md table is written beside it"
+    )
     parser.add_argument("--note", action="append", default=[], help="free-text note stored in the JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -682,9 +831,18 @@ def main(argv=None):
         args.models = [BACKBONE, *args.models]  # every ratio is to the backbone
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    spec = dict(tiny=args.tiny, frames=args.frames, max_words=args.max_words, device=args.device, seed=args.seed,
-                repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
-                slow_seconds=args.slow_seconds, threads=args.threads)
+    spec = dict(
+        tiny=args.tiny,
+        frames=args.frames,
+        max_words=args.max_words,
+        device=args.device,
+        seed=args.seed,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        max_seconds=args.max_seconds,
+        slow_seconds=args.slow_seconds,
+        threads=args.threads,
+    )
     started = time.perf_counter()
     load_start = list(os.getloadavg())
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -701,7 +859,11 @@ def main(argv=None):
         notes.append(FAST_NOTE)
     if "official_authors" in args.models:
         notes.append(AUTHORS_NOTE)
-    if info.get("loadavg_start") and info["cpu_count"] and max(info["loadavg_start"][0], info.get("loadavg_end", [0])[0]) > 0.5 * info["cpu_count"]:
+    if (
+        info.get("loadavg_start")
+        and info["cpu_count"]
+        and max(info["loadavg_start"][0], info.get("loadavg_end", [0])[0]) > 0.5 * info["cpu_count"]
+    ):
         notes.append(
             f"The machine was shared with other processes during the run (1-min load average {info['loadavg_start'][0]:.1f} at "
             f"start, {info.get('loadavg_end', [float('nan')])[0]:.1f} at end, {info['cpu_count']} CPUs; per-configuration load "
@@ -710,14 +872,25 @@ def main(argv=None):
     report = dict(
         command="python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
         machine=info,
-        settings=dict(geometry="tiny CLIP (32 px, patch 8, width 64, 2 layers)" if args.tiny else
-                      "CLIP ViT-B/32 geometry (vision 768 x 12 layers, patch 32, 224 px; text 512 x 12 layers)",
-                      frames=args.frames, image_size=args.image_size, batch_sizes=args.batch_sizes,
-                      train_batch_size=args.train_batch_size, max_words=args.max_words, models=args.models,
-                      dtypes=args.dtypes, repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
-                      slow_seconds=args.slow_seconds,
-                      isolation=args.isolation, seed=args.seed,
-                      bf16="torch.autocast(%r, dtype=torch.bfloat16)" % args.device.split(":")[0]),
+        settings=dict(
+            geometry="tiny CLIP (32 px, patch 8, width 64, 2 layers)"
+            if args.tiny
+            else "CLIP ViT-B/32 geometry (vision 768 x 12 layers, patch 32, 224 px; text 512 x 12 layers)",
+            frames=args.frames,
+            image_size=args.image_size,
+            batch_sizes=args.batch_sizes,
+            train_batch_size=args.train_batch_size,
+            max_words=args.max_words,
+            models=args.models,
+            dtypes=args.dtypes,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            max_seconds=args.max_seconds,
+            slow_seconds=args.slow_seconds,
+            isolation=args.isolation,
+            seed=args.seed,
+            bf16="torch.autocast({!r}, dtype=torch.bfloat16)".format(args.device.split(":")[0]),
+        ),
         results=results,
         bf16_deviation=deviation,
         targets=check_targets(results),

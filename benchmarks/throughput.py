@@ -102,19 +102,31 @@ def build_model(args) -> STOPModel:
     torch.manual_seed(args.seed)
     kwargs = {}
     if args.tiny:
-        kwargs = dict(inter_kernel=(3, 5, 7), prompter_kernel=(3, 3, 3), region_kernel=(3, 3, 3),
-                      frame_weight_kernel=(3, 3, 3), spatial_top_k=3)
-    variant = dict(variant=args.variant) if args.variant != "backbone" else dict(
-        use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False)
-    config = STOPConfig(**clip_geometry(args.tiny), num_frames=args.frames, max_words=args.max_words, **variant, **kwargs)
+        kwargs = dict(
+            inter_kernel=(3, 5, 7),
+            prompter_kernel=(3, 3, 3),
+            region_kernel=(3, 3, 3),
+            frame_weight_kernel=(3, 3, 3),
+            spatial_top_k=3,
+        )
+    variant = (
+        dict(variant=args.variant)
+        if args.variant != "backbone"
+        else dict(use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False)
+    )
+    config = STOPConfig(
+        **clip_geometry(args.tiny), num_frames=args.frames, max_words=args.max_words, **variant, **kwargs
+    )
     return STOPModel(config)
 
 
 def video_files(video_dir: Path, num_videos: int) -> list[str]:
     files = sorted(str(p) for p in video_dir.glob("*.mp4"))
     if not files:
-        raise SystemExit(f"no .mp4 files in {video_dir}: run `python -m training.fetch_samples --output_dir {video_dir}` "
-                         "or pass --video_dir")
+        raise SystemExit(
+            f"no .mp4 files in {video_dir}: run `python -m training.fetch_samples --output_dir {video_dir}` "
+            "or pass --video_dir"
+        )
     return [files[i % len(files)] for i in range(num_videos)]
 
 
@@ -131,8 +143,16 @@ def decode_profile(files: list[str], processor: STOPVideoProcessor) -> list[dict
         start = time.perf_counter()
         processor.frames_to_pixel_values(resized)
         crop = time.perf_counter() - start
-        rows.append(dict(video=Path(path).name, size=f"{frames.shape[2]}x{frames.shape[1]}", frames=len(frames),
-                         decode_s=round(decode, 4), resize_s=round(resize, 4), crop_normalise_s=round(crop, 4)))
+        rows.append(
+            dict(
+                video=Path(path).name,
+                size=f"{frames.shape[2]}x{frames.shape[1]}",
+                frames=len(frames),
+                decode_s=round(decode, 4),
+                resize_s=round(resize, 4),
+                crop_normalise_s=round(crop, 4),
+            )
+        )
     return rows
 
 
@@ -142,9 +162,15 @@ def run(args) -> dict:
     from datasets import Dataset
 
     split = Dataset.from_dict({"video": files})
-    dataset = TimedVideoDataset(split, processor, video_column="video", caption_column=None,
-                                training=args.mode == "train", sampling="random" if args.mode == "train" else "uniform",
-                                seed=args.seed)
+    dataset = TimedVideoDataset(
+        split,
+        processor,
+        video_column="video",
+        caption_column=None,
+        training=args.mode == "train",
+        sampling="random" if args.mode == "train" else "uniform",
+        seed=args.seed,
+    )
     model = build_model(args)
     captions = None
     if args.mode == "train":
@@ -152,16 +178,27 @@ def run(args) -> dict:
         gen = torch.Generator().manual_seed(args.seed)
         captions = torch.randint(1, text.vocab_size - 2, (args.batch_size, args.max_words), generator=gen)
         captions[:, 0], captions[:, -1] = text.bos_token_id, text.eos_token_id
-    loader = build_dataloader(dataset, TimedCollator(processor, captions), batch_size=args.batch_size,
-                              shuffle=args.mode == "train", drop_last=False, seed=args.seed, num_workers=args.num_workers)
+    loader = build_dataloader(
+        dataset,
+        TimedCollator(processor, captions),
+        batch_size=args.batch_size,
+        shuffle=args.mode == "train",
+        drop_last=False,
+        seed=args.seed,
+        num_workers=args.num_workers,
+    )
     if args.mode == "train":
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
         def step(batch):
             optimizer.zero_grad(set_to_none=True)
-            out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], video_mask=batch["video_mask"],
-                        return_loss=True)
+            out = model(
+                input_ids=batch["input_ids"],
+                pixel_values=batch["pixel_values"],
+                video_mask=batch["video_mask"],
+                return_loss=True,
+            )
             out.loss.backward()
             optimizer.step()
     else:
@@ -198,11 +235,19 @@ def run(args) -> dict:
     result = dict(
         command="python -m benchmarks.throughput " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
         mode=args.mode,
-        model=args.model or (f"STOP variant={args.variant}" if args.variant != "backbone" else "frozen CLIP + mean pooling")
+        model=args.model
+        or (f"STOP variant={args.variant}" if args.variant != "backbone" else "frozen CLIP + mean pooling")
         + (", tiny CLIP" if args.tiny else ", CLIP ViT-B/32 geometry, random weights"),
-        settings=dict(num_videos=args.num_videos, distinct_videos=len(set(files)), frames=args.frames,
-                      image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
-                      torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count()),
+        settings=dict(
+            num_videos=args.num_videos,
+            distinct_videos=len(set(files)),
+            frames=args.frames,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            torch_threads=torch.get_num_threads(),
+            cpu_count=os.cpu_count(),
+        ),
         loadavg_start=args.loadavg_start,
         loadavg_end=list(os.getloadavg()),
         videos=videos,
@@ -210,9 +255,11 @@ def run(args) -> dict:
         wall_s=round(wall, 2),
         videos_per_s=round(videos / wall, 3),
         main_process=dict(
-            dataloader_wait_s=round(wait, 2), dataloader_wait_share=round(wait / wall, 4),
+            dataloader_wait_s=round(wait, 2),
+            dataloader_wait_share=round(wait / wall, 4),
             first_batch_wait_s=round(waits[0], 2),
-            model_s=round(model_s, 2), model_share=round(model_s / wall, 4),
+            model_s=round(model_s, 2),
+            model_share=round(model_s / wall, 4),
             other_share=round(max(wall - wait - model_s, 0.0) / wall, 4),
             model_s_per_batch_median=round(statistics.median(steps), 3) if steps else None,
         ),
@@ -236,7 +283,9 @@ def run(args) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=("embed", "train"), default="embed")
     parser.add_argument("--video_dir", default=str(DEFAULT_VIDEO_DIR))
     parser.add_argument("--num_videos", type=int, default=32, help="items: the folder's videos repeated")

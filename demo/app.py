@@ -35,10 +35,18 @@ def default_model() -> str | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=default_model(),
-                        help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)")
-    parser.add_argument("--gallery", "--gallery_dir", dest="gallery", default=os.environ.get("STOP_DEMO_GALLERY"),
-                        help="folder of videos or Hub dataset id (default: the model's gallery/ or examples/ folder)")
+    parser.add_argument(
+        "--model",
+        default=default_model(),
+        help="STOP model folder or Hub id (default: $STOP_DEMO_MODEL, else %(default)s)",
+    )
+    parser.add_argument(
+        "--gallery",
+        "--gallery_dir",
+        dest="gallery",
+        default=os.environ.get("STOP_DEMO_GALLERY"),
+        help="folder of videos or Hub dataset id (default: the model's gallery/ or examples/ folder)",
+    )
     parser.add_argument("--max_gallery", type=int, default=200, help="at most this many gallery videos")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="gallery embedding cache")
@@ -73,8 +81,10 @@ def _grid_text(mask, layout: str) -> str:
     g = mask.shape[-1]
     cells = ", ".join(f"({i}, {j})" for i, j in mask.nonzero().tolist())
     if layout == "official":
-        return (f"cells {cells} of the {g}x{g} grid, each the pixels (row, column) with row mod {g} = i and "
-                f"column mod {g} = j: a lattice of dots over the whole frame")
+        return (
+            f"cells {cells} of the {g}x{g} grid, each the pixels (row, column) with row mod {g} = i and "
+            f"column mod {g} = j: a lattice of dots over the whole frame"
+        )
     return f"the patches (row, column) {cells} of the {g}x{g} patch grid"
 
 
@@ -184,15 +194,29 @@ def create_backend(model_id: str, gallery=None, cache_dir=DEFAULT_CACHE, limits=
     return demo_backend
 
 
-def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACHE, limits=None, max_gallery=200,
-               max_uploads=8, backend=None):
+def build_demo(
+    model_id: str | None = None,
+    gallery=None,
+    cache_dir=DEFAULT_CACHE,
+    limits=None,
+    max_gallery=200,
+    max_uploads=8,
+    backend=None,
+):
     """The demo's Blocks over `backend` (built from the model and gallery when not given)."""
     import gradio as gr
 
     backend_module, _, gallery_module = _modules()
     if backend is None:
-        backend = create_backend(model_id or default_model(), gallery, cache_dir, limits, max_gallery,
-                                 max_uploads=max_uploads, max_age_s=SESSION_MAX_AGE_S)
+        backend = create_backend(
+            model_id or default_model(),
+            gallery,
+            cache_dir,
+            limits,
+            max_gallery,
+            max_uploads=max_uploads,
+            max_age_s=SESSION_MAX_AGE_S,
+        )
     errors = (backend_module.DemoInputError, gallery_module.VideoCheckError)
     videos = backend.videos
     captioned = [v for v in videos if v.caption]
@@ -203,8 +227,10 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
     if videos:
         gallery_text = f"**gallery:** {len(videos)} videos from `{backend.gallery_folder.name}/`"
     else:
-        gallery_text = ("**No gallery clips** came with this model (no `gallery/` or `examples/` folder, and no "
-                        "`--gallery`): search covers the videos you add.")
+        gallery_text = (
+            "**No gallery clips** came with this model (no `gallery/` or `examples/` folder, and no "
+            "`--gallery`): search covers the videos you add."
+        )
 
     # Annotated with the class itself (this module has no postponed annotations): gradio injects the request.
     def session_of(request: gr.Request) -> str:
@@ -249,36 +275,43 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
             "# STOP: prompting a frozen CLIP for video\n"
             "Spatial-temporal dynamic prompts (CVPR 2025) over a frozen `transformers` CLIP. "
             f"**Model:** `{config._name_or_path}` · variant `{getattr(config, 'variant', '?')}` · "
-            f"{num_frames} frames · "
-            + gallery_text
+            f"{num_frames} frames · " + gallery_text
         )
         with gr.Tab(TAB_NAMES[0]):
             gr.Markdown("Describe a video; the gallery is ranked by cosine similarity to your text.")
             with gr.Row():
                 query = gr.Textbox(label="Query", placeholder="a red circle moving left", scale=4)
-                top_k = gr.Slider(1, _slider_maximum(len(videos)), value=min(4, max(len(videos), 1)), step=1,
-                                  label="Results", scale=1)
+                top_k = gr.Slider(
+                    1, _slider_maximum(len(videos)), value=min(4, max(len(videos), 1)), step=1, label="Results", scale=1
+                )
             search_button = gr.Button("Search", variant="primary")
             results = gr.Gallery(label="Best matches", columns=4, height="auto")
             table = gr.Dataframe(headers=["rank", "score", "video", "caption", "source"], label="Scores")
             if captioned:
                 gr.Examples([[v.caption] for v in captioned[:6]], inputs=[query], label="Captions of gallery clips")
             with gr.Accordion("Add your own video to the gallery", open=not videos):
-                gr.Markdown(f"It stays in your session's gallery only (at most {backend.max_uploads} videos, for "
-                            f"an hour). {limits_text}")
+                gr.Markdown(
+                    f"It stays in your session's gallery only (at most {backend.max_uploads} videos, for "
+                    f"an hour). {limits_text}"
+                )
                 new_video = gr.Video(label="Video", sources=["upload"])
                 add_button = gr.Button("Add to gallery")
                 add_status = gr.Markdown(label="Status")
 
         with gr.Tab(TAB_NAMES[1]):
             example = backend_module.format_label(backend.template, "label")
-            gr.Markdown(f"Zero-shot recognition: each label becomes the text “{example}”; the probabilities are a "
-                        f"softmax over CLIP's scaled cosine similarities. {limits_text}")
+            gr.Markdown(
+                f"Zero-shot recognition: each label becomes the text “{example}”; the probabilities are a "
+                f"softmax over CLIP's scaled cosine similarities. {limits_text}"
+            )
             with gr.Row():
                 with gr.Column():
                     recognize_video = gr.Video(label="Video", sources=["upload"])
-                    labels = gr.Textbox(label="Candidate labels (comma-separated)", value=", ".join(labels_default),
-                                        placeholder="running, swimming, cooking")
+                    labels = gr.Textbox(
+                        label="Candidate labels (comma-separated)",
+                        value=", ".join(labels_default),
+                        placeholder="running, swimming, cooking",
+                    )
                     recognize_button = gr.Button("Recognize", variant="primary")
                 prediction = gr.Label(label="Prediction", num_top_classes=5)
             if captioned:
@@ -293,21 +326,28 @@ def build_demo(model_id: str | None = None, gallery=None, cache_dir=DEFAULT_CACH
                     layer = gr.Number(value=1, precision=0, label="Layer", visible=False)
                     explain_button = gr.Button("Show what STOP looks at", variant="primary")
                     summary = gr.Markdown(label="Summary")
-            frames = gr.Gallery(label="Sampled frames, spatial-prompt regions in red", columns=4, height="auto",
-                                format="png")
+            frames = gr.Gallery(
+                label="Sampled frames, spatial-prompt regions in red", columns=4, height="auto", format="png"
+            )
             plot = gr.Image(label="Temporal prompt", type="numpy", format="png")
 
         search_fn = _user_errors(search, gr, errors)
         # preprocess=False: the handler validates the number of results itself (a message, not a traceback).
         search_button.click(search_fn, [query, top_k], [results, table], api_name="search", preprocess=False)
         query.submit(search_fn, [query, top_k], [results, table], api_visibility="private", preprocess=False)
-        add_button.click(_user_errors(add_video, gr, errors), new_video, [add_status, pick, top_k],
-                         api_name="add_video")
-        recognize_button.click(_user_errors(recognize, gr, errors), [recognize_video, labels], prediction,
-                               api_name="recognize")
+        add_button.click(
+            _user_errors(add_video, gr, errors), new_video, [add_status, pick, top_k], api_name="add_video"
+        )
+        recognize_button.click(
+            _user_errors(recognize, gr, errors), [recognize_video, labels], prediction, api_name="recognize"
+        )
         pick.change(pick_video, pick, explain_video, api_visibility="private")
-        explain_button.click(_user_errors(explain, gr, errors), [explain_video, layer], [frames, plot, summary, layer],
-                             api_name="explain")
+        explain_button.click(
+            _user_errors(explain, gr, errors),
+            [explain_video, layer],
+            [frames, plot, summary, layer],
+            api_name="explain",
+        )
 
     demo.queue(default_concurrency_limit=1)
     demo.stop_backend = backend

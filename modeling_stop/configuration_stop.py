@@ -282,7 +282,9 @@ class STOPConfig(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise ValueError(f"STOPConfig.{name} must be an integer >= {minimum} ({reason}), got {value!r}")
         if self.num_text_prompts % 2:
-            raise ValueError(f"STOPConfig.num_text_prompts must be even (prefix + postfix), got {self.num_text_prompts}")
+            raise ValueError(
+                f"STOPConfig.num_text_prompts must be even (prefix + postfix), got {self.num_text_prompts}"
+            )
         text_positions = self.text_config.max_position_embeddings
         if self.max_words > text_positions:
             raise ValueError(
@@ -308,7 +310,7 @@ class STOPConfig(PretrainedConfig):
             )
         if not 0 < self.spatial_top_k < self.grid_size**2:
             raise ValueError(
-                f"STOPConfig.spatial_top_k must be in [1, {self.grid_size ** 2 - 1}] for a {self.grid_size}x"
+                f"STOPConfig.spatial_top_k must be in [1, {self.grid_size**2 - 1}] for a {self.grid_size}x"
                 f"{self.grid_size} grid, got {self.spatial_top_k}"
             )
 

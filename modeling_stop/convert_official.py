@@ -45,8 +45,10 @@ def load_checkpoint(path: str | Path, allow_torchscript: bool = False) -> dict[s
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as err:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"{path}: --allow_torchscript was given but this is not a readable TorchScript "
-                             f"archive ({err}); drop the flag for a state dict / training checkpoint") from err
+            raise ValueError(
+                f"{path}: --allow_torchscript was given but this is not a readable TorchScript "
+                f"archive ({err}); drop the flag for a state dict / training checkpoint"
+            ) from err
     else:
         if _has_torchscript_records(path):
             raise ValueError(
@@ -81,8 +83,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt file: re-raised with the file name
-        raise ValueError(f"{path}: not a readable .safetensors file (truncated or corrupt? {err}); "
-                         "download or save it again") from err
+        raise ValueError(
+            f"{path}: not a readable .safetensors file (truncated or corrupt? {err}); download or save it again"
+        ) from err
 
 
 def _has_torchscript_records(path: Path) -> bool:
@@ -266,7 +269,9 @@ def stop_config_from_state(state: dict, num_frames: int | None = None, **overrid
             num_prompt_layers=table.shape[2] // width,
         )
     else:
-        raise ValueError("no prompt generator found (expected clip.unified_prompt_embedding or clip.visual_prompt_embedding)")
+        raise ValueError(
+            "no prompt generator found (expected clip.unified_prompt_embedding or clip.visual_prompt_embedding)"
+        )
     if "clip.visual.prompt_embeddings" in state:
         kwargs["num_global_prompts"] = state["clip.visual.prompt_embeddings"].shape[1]
     has_stop = any(k.startswith("clip.visual.TemporalPrompt.") for k in state)
@@ -297,16 +302,21 @@ def convert_official_state(state: dict, num_frames: int | None = None, **overrid
     missing = sorted(set(expected) - set(ours))
     unexpected = sorted(set(ours) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the inferred config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise ValueError(
+            f"checkpoint does not match the inferred config: missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
     for key, value in ours.items():
         if value.shape != expected[key].shape:
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(expected[key].shape)}")
+            raise ValueError(
+                f"{key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(ours)
     return model
 
 
-def convert(checkpoint: str | Path, num_frames: int | None = None, allow_torchscript: bool = False,
-            **overrides) -> STOPModel:
+def convert(
+    checkpoint: str | Path, num_frames: int | None = None, allow_torchscript: bool = False, **overrides
+) -> STOPModel:
     """Read any supported file and return a STOPModel (fresh STOP modules around a plain OpenAI CLIP).
 
     `allow_torchscript`: read the file with `torch.jit.load` (runs the archive's code: trusted files only)."""
@@ -318,31 +328,47 @@ def convert(checkpoint: str | Path, num_frames: int | None = None, allow_torchsc
         model = STOPModel(config)
         model.clip.load_state_dict(openai_clip_to_transformers(state))
         return model
-    raise ValueError(f"{checkpoint}: neither an official STOP/DGL checkpoint (keys under 'clip.') nor an OpenAI CLIP ViT")
+    raise ValueError(
+        f"{checkpoint}: neither an official STOP/DGL checkpoint (keys under 'clip.') nor an OpenAI CLIP ViT"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="How files are read: *.safetensors with safetensors; any other file with torch.load(weights_only=True), "
-               "which refuses pickled code and TorchScript archives; torch.jit.load only with --allow_torchscript.",
+        "which refuses pickled code and TorchScript archives; torch.jit.load only with --allow_torchscript.",
     )
-    parser.add_argument("--checkpoint", required=True,
-                        help="an official training checkpoint or state dict (.pth/.bin/.pt, read with "
-                             "torch.load(weights_only=True)), a .safetensors file (read with safetensors), or with "
-                             "--allow_torchscript an OpenAI CLIP TorchScript .pt")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="an official training checkpoint or state dict (.pth/.bin/.pt, read with "
+        "torch.load(weights_only=True)), a .safetensors file (read with safetensors), or with "
+        "--allow_torchscript an OpenAI CLIP TorchScript .pt",
+    )
     parser.add_argument("--output_dir", required=True, help="where to write the Hub-ready folder")
-    parser.add_argument("--num_frames", type=int, default=None, help="frames per video (needed for the linear generator)")
+    parser.add_argument(
+        "--num_frames", type=int, default=None, help="frames per video (needed for the linear generator)"
+    )
     parser.add_argument("--max_words", type=int, default=32, help="text length the model was trained with")
-    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder/Hub id to save a processor with the model")
-    parser.add_argument("--allow_torchscript", action="store_true",
-                        help="read --checkpoint with torch.jit.load (OpenAI CLIP .pt files). A TorchScript archive runs "
-                             "its own code when loaded: use only for files from a source you trust")
+    parser.add_argument(
+        "--tokenizer", default=None, help="CLIP tokenizer folder/Hub id to save a processor with the model"
+    )
+    parser.add_argument(
+        "--allow_torchscript",
+        action="store_true",
+        help="read --checkpoint with torch.jit.load (OpenAI CLIP .pt files). A TorchScript archive runs "
+        "its own code when loaded: use only for files from a source you trust",
+    )
     args = parser.parse_args(argv)
 
     try:
-        model = convert(args.checkpoint, num_frames=args.num_frames, allow_torchscript=args.allow_torchscript,
-                        max_words=args.max_words)
+        model = convert(
+            args.checkpoint,
+            num_frames=args.num_frames,
+            allow_torchscript=args.allow_torchscript,
+            max_words=args.max_words,
+        )
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.exit(1, f"convert_official: error: {err}\n")
     model.save_pretrained(args.output_dir)
@@ -351,7 +377,9 @@ def main(argv=None):
 
         STOPProcessor.from_model_config(model.config, args.tokenizer).save_pretrained(args.output_dir)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"wrote {args.output_dir}: {model.config.prompt_generator} generator, {model.config.num_frames} frames, {trainable:,} trainable parameters")
+    print(
+        f"wrote {args.output_dir}: {model.config.prompt_generator} generator, {model.config.num_frames} frames, {trainable:,} trainable parameters"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from .configuration_stop import STOPConfig
 from .modeling_stop import STOPModel, STOPPreTrainedModel
 from .retrieval import embed_texts
 
-
 DEFAULT_LABEL_TEMPLATE = "a video of {}"
 
 

@@ -18,7 +18,7 @@ from training.pretrain_clip import (
     training_batch,
 )
 from training.synthetic import DEFAULT_CLIP, STILL_TEMPLATES, render_still, sample_still, still_caption
-from training.tokenizer import DEFAULT_CACHE, BPE_FILE_NAME, build_clip_tokenizer
+from training.tokenizer import BPE_FILE_NAME, DEFAULT_CACHE, build_clip_tokenizer
 
 # openai/clip-vit-base-patch32's ids.
 KNOWN_IDS = {
@@ -59,7 +59,8 @@ def test_committed_backbone_is_small_and_fits_stop(backbone):
     assert model.dtype == torch.float32  # stored in float16, computed in float32
     assert sum(f.stat().st_size for f in DEFAULT_CLIP.iterdir()) < 40e6
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "README.md"} <= {
-        f.name for f in DEFAULT_CLIP.iterdir()}
+        f.name for f in DEFAULT_CLIP.iterdir()
+    }
 
 
 def test_saved_image_processor_matches_training_preprocessing():
@@ -85,9 +86,26 @@ def test_backbone_retrieves_held_out_stills_zero_shot(backbone):
     assert results["text_to_image_R@5"] >= 0.9
 
 
-TINY = ["--max_train_steps", "2", "--per_device_train_batch_size", "16", "--hidden_size", "32",
-        "--num_hidden_layers", "1", "--projection_dim", "16", "--num_warmup_steps", "1", "--num_eval_stills", "20",
-        "--tokenizer_name", str(DEFAULT_CLIP), "--eval_steps", "0"]
+TINY = [
+    "--max_train_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "16",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--projection_dim",
+    "16",
+    "--num_warmup_steps",
+    "1",
+    "--num_eval_stills",
+    "20",
+    "--tokenizer_name",
+    str(DEFAULT_CLIP),
+    "--eval_steps",
+    "0",
+]
 
 
 def _same_weights(a, b):
@@ -154,7 +172,7 @@ def test_the_trained_default_carries_its_own_frozen_clip():
     stop = DEFAULT_CLIP.parent / "stop-synthetic"
     if not (stop / "model.safetensors").exists():
         pytest.fail(f"no trained default at {stop}")
-    stop_keys = {k[len("clip."):] for k in load_file(stop / "model.safetensors") if k.startswith("clip.")}
+    stop_keys = {k[len("clip.") :] for k in load_file(stop / "model.safetensors") if k.startswith("clip.")}
     assert stop_keys == set(load_file(DEFAULT_CLIP / "model.safetensors"))
     assert "clip-synthetic" not in (stop / "config.json").read_text()
 

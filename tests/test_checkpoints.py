@@ -90,7 +90,15 @@ def test_model_card_snippet_loads_the_folder_it_was_written_for(tmp_path):
 
     output_dir = tmp_path / "runs" / "stop-tiny"
     output_dir.mkdir(parents=True)
-    write_model_card(output_dir, "stop-tiny", "openai/clip-vit-base-patch32", "synthetic", "retrieval", {},
-                     stop_config(), model_path=str(output_dir))
+    write_model_card(
+        output_dir,
+        "stop-tiny",
+        "openai/clip-vit-base-patch32",
+        "synthetic",
+        "retrieval",
+        {},
+        stop_config(),
+        model_path=str(output_dir),
+    )
     _, snippet = _card(output_dir)
     assert re.findall(r'from_pretrained\("([^"]+)"', snippet) == [str(output_dir)] * 2

@@ -50,8 +50,13 @@ def _inverse_clip(model) -> dict:
             p, q = f"{tower}.encoder.layers.{i}.", f"{src}.resblocks.{i}."
             out[q + "attn.in_proj_weight"] = torch.cat([sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
             out[q + "attn.in_proj_bias"] = torch.cat([sd[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
-            for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+            for a, b in (
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ):
                 out[q + a + ".weight"], out[q + a + ".bias"] = sd[p + b + ".weight"], sd[p + b + ".bias"]
             i += 1
     return out
@@ -72,7 +77,7 @@ def _inverse_stop(model) -> dict:
             regex = "^" + re.escape(ours).replace(re.escape("{}"), r"(\d+)")
             m = re.match(regex, name)
             if m:
-                out[official.format(*m.groups()) + name[m.end():]] = value
+                out[official.format(*m.groups()) + name[m.end() :]] = value
                 break
         else:
             raise AssertionError(f"no official name for {name}")
@@ -90,9 +95,7 @@ def _inputs(frames, batch, size=32, seed=0):
     return dict(input_ids=ids, pixel_values=torch.randn(batch, frames, 3, size, size, generator=g))
 
 
-@pytest.mark.parametrize(
-    "generator, frames, batch", [("transformer", 3, 1), ("transformer", 6, 4), ("linear", 5, 2)]
-)
+@pytest.mark.parametrize("generator, frames, batch", [("transformer", 3, 1), ("transformer", 6, 4), ("linear", 5, 2)])
 def test_training_checkpoints_convert_and_reproduce_the_similarity(tmp_path, generator, frames, batch):
     model = tiny_stop(prompt_generator=generator, num_frames=frames)
     for p in model.parameters():  # trained-looking weights, not the initialisation
@@ -102,8 +105,10 @@ def test_training_checkpoints_convert_and_reproduce_the_similarity(tmp_path, gen
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": state, "optimizer": {}, "epoch": 3}, path)
     num_frames = frames if generator == "linear" else None
-    main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "out"), "--max_words", "8"]
-         + (["--num_frames", str(frames)] if num_frames else []))
+    main(
+        ["--checkpoint", str(path), "--output_dir", str(tmp_path / "out"), "--max_words", "8"]
+        + (["--num_frames", str(frames)] if num_frames else [])
+    )
     from modeling_stop import STOPModel
 
     converted = STOPModel.from_pretrained(tmp_path / "out").eval()
@@ -204,9 +209,24 @@ class _ReducePayload:
 
 def _convert_cli(checkpoint, output_dir, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--checkpoint", str(checkpoint),
-                           "--output_dir", str(output_dir), *extra], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modeling_stop.convert_official",
+            "--checkpoint",
+            str(checkpoint),
+            "--output_dir",
+            str(output_dir),
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        check=False,
+    )
 
 
 def test_the_hostile_torchscript_archive_really_writes_its_file_when_jit_loaded(tmp_path):
@@ -261,9 +281,15 @@ def test_torchscript_is_read_only_behind_the_flag(tmp_path):
 
 
 def test_help_says_how_each_kind_of_file_is_read():
-    result = subprocess.run([sys.executable, "-m", "modeling_stop.convert_official", "--help"], capture_output=True,
-                            text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling_stop.convert_official", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=300,
+        check=False,
+    )
     text = " ".join(result.stdout.split())
     assert "torch.load(weights_only=True)" in text and "--allow_torchscript" in text
     assert "torch.jit.load only with --allow_torchscript" in text

@@ -44,8 +44,14 @@ def make_videofolder(root, splits=("train", "test"), num_videos=3, rows=None):
         split_rows = []
         for i in range(num_videos):
             write_clip(root / split / f"{i}.mp4", 20 + 40 * i)
-            split_rows.append({"file_name": f"{i}.mp4", "caption": f"clip {i}",
-                               "captions": [f"clip {i}", f"video {i}", f"movie {i}"], "label": ["up", "down"][i % 2]})
+            split_rows.append(
+                {
+                    "file_name": f"{i}.mp4",
+                    "caption": f"clip {i}",
+                    "captions": [f"clip {i}", f"video {i}", f"movie {i}"],
+                    "label": ["up", "down"][i % 2],
+                }
+            )
         with open(root / split / "metadata.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in (rows or split_rows))
     return root
@@ -87,13 +93,21 @@ def test_csv_with_relative_path_column_and_configurable_column_names(tmp_path):
         for i in range(3):
             write_clip(tmp_path / "clips" / f"{i}.mp4", 30 * i)
             writer.writerow([f"clips/{i}.mp4", f"text {i}", ["b", "a", "c"][i]])
-    data = load_video_text_dataset(str(tmp_path), video_column="clip_path", caption_column="text",
-                                   label_column="category")
+    data = load_video_text_dataset(
+        str(tmp_path), video_column="clip_path", caption_column="text", label_column="category"
+    )
     assert data["train"][2]["clip_path"] == str(tmp_path / "clips" / "2.mp4")
     names = class_names(data, "category")
     assert names == ["a", "b", "c"]
-    dataset = VideoTextDataset(data["train"], video_processor(), video_column="clip_path", caption_column="text",
-                               label_column="category", label_names=names, training=True)
+    dataset = VideoTextDataset(
+        data["train"],
+        video_processor(),
+        video_column="clip_path",
+        caption_column="text",
+        label_column="category",
+        label_names=names,
+        training=True,
+    )
     assert dataset.labels() == [1, 0, 2]
     item = dataset[2]
     assert item["caption"] == "text 2" and item["label"] == 2 and item["pixel_values"].shape[0] == 4
@@ -152,10 +166,14 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
 
 def test_reversed_pair_accuracy_counts_videos_preferring_their_own_caption():
     # videos 0/1 are twins, 2/3 are twins; sim[i, j] = video i vs caption of video j
-    sim = torch.tensor([[0.9, 0.1, 0.0, 0.0],   # 0 prefers its own caption: right
-                        [0.8, 0.2, 0.0, 0.0],   # 1 prefers its twin's: wrong
-                        [0.0, 0.0, 0.5, 0.5],   # tie: wrong
-                        [0.0, 0.0, 0.1, 0.7]])  # right
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0],  # 0 prefers its own caption: right
+            [0.8, 0.2, 0.0, 0.0],  # 1 prefers its twin's: wrong
+            [0.0, 0.0, 0.5, 0.5],  # tie: wrong
+            [0.0, 0.0, 0.1, 0.7],
+        ]
+    )  # right
     results = reversed_pair_accuracy(sim, ["p", "p", "q", "q"], motions=["slide", "slide", "fade", "fade"])
     assert results == {"pair_accuracy": 0.5, "pair_accuracy/fade": 0.5, "pair_accuracy/slide": 0.5}
     assert reversed_pair_accuracy(sim, ["a", "b", "c", "c"]) == {"pair_accuracy": 0.5}  # unpaired ids are ignored
@@ -165,10 +183,17 @@ def test_reversed_pair_accuracy_counts_videos_preferring_their_own_caption():
 # --------------------------------------------------------------------------------------------- bad inputs at load
 
 
-@pytest.mark.parametrize("caption, problem", [(None, "a null caption"), ([], "an empty caption list"),
-                                              ([None], "a caption list with a non-string item None"),
-                                              ("", "an empty caption"), ("   ", "an empty caption"),
-                                              (["ok", ""], "an empty caption in its list")])
+@pytest.mark.parametrize(
+    "caption, problem",
+    [
+        (None, "a null caption"),
+        ([], "an empty caption list"),
+        ([None], "a caption list with a non-string item None"),
+        ("", "an empty caption"),
+        ("   ", "an empty caption"),
+        (["ok", ""], "an empty caption in its list"),
+    ],
+)
 def test_bad_captions_are_rejected_at_load_naming_row_video_and_file(tmp_path, caption, problem):
     root = make_videofolder(tmp_path / "data", splits=("train",))
     rows = [json.loads(line) for line in (root / "train" / "metadata.jsonl").read_text().splitlines()]
@@ -180,8 +205,11 @@ def test_bad_captions_are_rejected_at_load_naming_row_video_and_file(tmp_path, c
     message = str(info.value)
     assert f"has {problem} in column {column!r}" in message
     other = "captions" if column == "caption" else "caption"
-    row = next(i for i, r in enumerate(load_video_text_dataset(str(root), caption_column=other)["train"]["video"])
-               if r["path"].endswith("1.mp4"))
+    row = next(
+        i
+        for i, r in enumerate(load_video_text_dataset(str(root), caption_column=other)["train"]["video"])
+        if r["path"].endswith("1.mp4")
+    )
     assert f"Row {row} of the train split" in message and "1.mp4" in message
     assert str(root / "train" / "metadata.jsonl") in message
 

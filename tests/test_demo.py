@@ -91,14 +91,34 @@ def server(workdir):
     shutil.copytree(REPO / "demo", space, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = dict(os.environ, PYTHONPATH="", STOP_DEMO_MODEL=str(TRAINED_MODEL.resolve()), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"), GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_TEMP_DIR=str(workdir / "gradio"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH="",
+        STOP_DEMO_MODEL=str(TRAINED_MODEL.resolve()),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_MODULES_CACHE=str(workdir / "modules"),
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(workdir / "gradio"),
+        PYTHONUNBUFFERED="1",
+    )
     log_path = workdir / "server.log"
     log = open(log_path, "w")
-    command = [sys.executable, "-c", ISOLATED_RUN, "--port", str(port), "--cache_dir", str(workdir / "cache"),
-               "--max_duration_s", str(MAX_DURATION_S), "--max_frames", str(MAX_FRAMES),
-               "--max_uploads", str(MAX_UPLOADS)]
+    command = [
+        sys.executable,
+        "-c",
+        ISOLATED_RUN,
+        "--port",
+        str(port),
+        "--cache_dir",
+        str(workdir / "cache"),
+        "--max_duration_s",
+        str(MAX_DURATION_S),
+        "--max_frames",
+        str(MAX_FRAMES),
+        "--max_uploads",
+        str(MAX_UPLOADS),
+    ]
     process = subprocess.Popen(command, cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT)
     start = time.monotonic()
     try:
@@ -235,8 +255,10 @@ def test_re_adding_a_gallery_video_says_it_is_there(client):
 def test_a_session_keeps_its_latest_uploads_only(server, workdir):
     write_benchmark(workdir / "more", seed=2, num_train=0, num_validation=0, num_test=2 * (MAX_UPLOADS + 1))
     session = Client(server.url, verbose=False)
-    clips = [Path(shutil.copy(clip, workdir / f"upload-{i}.mp4"))
-             for i, clip in enumerate(sorted((workdir / "more" / "test").glob("*a.mp4")))]
+    clips = [
+        Path(shutil.copy(clip, workdir / f"upload-{i}.mp4"))
+        for i, clip in enumerate(sorted((workdir / "more" / "test").glob("*a.mp4")))
+    ]
     for clip in clips:
         status, _, _ = session.predict(handle_file(clip), api_name="/add_video")
     assert f"Your oldest upload, {clips[0].name}, was removed (at most {MAX_UPLOADS} per session)" in status
@@ -265,8 +287,9 @@ def test_videos_with_too_many_frames_or_too_high_a_frame_rate_are_refused_before
     write_video(many, np.zeros((MAX_FRAMES + 20, 16, 16, 3), np.uint8), fps=30)  # 4 s: within the duration
     fast = workdir / "fast.mp4"
     write_video(fast, np.zeros((12, 16, 16, 3), np.uint8), fps=2500)  # 5 ms
-    with pytest.raises(AppError, match=f"many.mp4 has {MAX_FRAMES + 20} frames; this demo takes videos of up to "
-                                       f"{MAX_FRAMES} frames"):
+    with pytest.raises(
+        AppError, match=f"many.mp4 has {MAX_FRAMES + 20} frames; this demo takes videos of up to {MAX_FRAMES} frames"
+    ):
         client.predict(handle_file(many), api_name="/explain")
     with pytest.raises(AppError, match="fast.mp4 has 2500 frames per second; this demo takes up to 60 fps"):
         client.predict(handle_file(fast), api_name="/explain")
@@ -277,15 +300,33 @@ def test_videos_with_too_many_frames_or_too_high_a_frame_rate_are_refused_before
 def test_page_renders_the_three_tabs_in_a_browser(server, workdir):
     from PIL import Image
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--virtual-time-budget=15000", "--window-size=1280,900"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=15000",
+        "--window-size=1280,900",
+    ]
     shot = workdir / "shot.png"
-    subprocess.run([str(CHROMIUM), *flags, f"--user-data-dir={tempfile.mkdtemp(dir=workdir)}", f"--screenshot={shot}",
-                    server.url], check=True, capture_output=True, timeout=90)
+    subprocess.run(
+        [str(CHROMIUM), *flags, f"--user-data-dir={tempfile.mkdtemp(dir=workdir)}", f"--screenshot={shot}", server.url],
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert pixels.shape == (900, 1280) and pixels.std() > 10  # not a blank page
-    dom = subprocess.run([str(CHROMIUM), *flags, f"--user-data-dir={tempfile.mkdtemp(dir=workdir)}", "--dump-dom",
-                          server.url], check=True, capture_output=True, text=True, timeout=90).stdout
+    dom = subprocess.run(
+        [str(CHROMIUM), *flags, f"--user-data-dir={tempfile.mkdtemp(dir=workdir)}", "--dump-dom", server.url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    ).stdout
     for tab in ("Search", "Recognize", "What STOP looks at"):
         assert f">{tab}<" in dom, tab

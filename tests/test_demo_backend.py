@@ -9,11 +9,11 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -29,8 +29,15 @@ DEMO = REPO / "demo"
 MODEL_GALLERY = REPO / "checkpoints" / "stop-synthetic" / "gallery"
 REPOSITORY_PACKAGES = {"modeling_stop", "training", "benchmarks", "demo", "tests"}
 # Import name -> distribution name, for the third-party modules the demo (or the model's own code) imports.
-DISTRIBUTIONS = {"av": "av", "torch": "torch", "numpy": "numpy", "matplotlib": "matplotlib", "gradio": "gradio",
-                 "transformers": "transformers", "huggingface_hub": "huggingface-hub"}
+DISTRIBUTIONS = {
+    "av": "av",
+    "torch": "torch",
+    "numpy": "numpy",
+    "matplotlib": "matplotlib",
+    "gradio": "gradio",
+    "transformers": "transformers",
+    "huggingface_hub": "huggingface-hub",
+}
 
 
 @pytest.fixture(scope="module")
@@ -144,17 +151,24 @@ def _per_layer_outputs(num_layers=3, frames=4, grid=4):
     for layer in range(num_layers):
         mask[0, layer, :, layer, layer] = True  # layer l selects cell (l, l) in every frame
     per_layer = tuple(torch.full((1, frames - 1), layer + 1) for layer in range(num_layers))
-    return {"video_embeds": torch.zeros(1, 8), "spatial_mask": mask, "inserted_tokens": sum(per_layer),
-            "inserted_tokens_per_layer": per_layer, "frame_weights": torch.linspace(0, 1, frames)[None]}
+    return {
+        "video_embeds": torch.zeros(1, 8),
+        "spatial_mask": mask,
+        "inserted_tokens": sum(per_layer),
+        "inserted_tokens_per_layer": per_layer,
+        "frame_weights": torch.linspace(0, 1, frames)[None],
+    }
 
 
 def test_per_layer_regions_and_counts_are_drawn_at_the_chosen_layer():
     diagnostics = collect_diagnostics(_per_layer_outputs(), num_frames=4, num_valid=4)
     shapes = {d.name: (d.kind, d.per, tuple(d.values.shape), d.layered) for d in diagnostics}
-    assert shapes == {"spatial_mask": ("regions", "frame", (3, 4, 4, 4), True),
-                      "inserted_tokens": ("counts", "gap", (1, 3), False),
-                      "inserted_tokens_per_layer": ("counts", "gap", (3, 3), True),
-                      "frame_weights": ("values", "frame", (1, 4), False)}
+    assert shapes == {
+        "spatial_mask": ("regions", "frame", (3, 4, 4, 4), True),
+        "inserted_tokens": ("counts", "gap", (1, 3), False),
+        "inserted_tokens_per_layer": ("counts", "gap", (3, 3), True),
+        "frame_weights": ("values", "frame", (1, 4), False),
+    }
     frames = np.full((4, 32, 32, 3), 100, np.uint8)
     analysis = VideoAnalysis(torch.zeros(8), frames, [0, 2, 4, 6], diagnostics, layout="patch")
     images, plot, summary, num_layers = render_explanation(analysis, layer=2)
@@ -211,9 +225,11 @@ def test_without_gallery_clips_the_demo_starts_for_uploads(tiny, tmp_path):
 
 
 def test_help_parses_arguments_before_any_heavy_import():
-    probe = ("import runpy, sys\nsys.argv = ['app.py', '--help']\ntry:\n"
-             "    runpy.run_path('demo/app.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'gradio', 'transformers', 'numpy') if m in sys.modules))")
+    probe = (
+        "import runpy, sys\nsys.argv = ['app.py', '--help']\ntry:\n"
+        "    runpy.run_path('demo/app.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'gradio', 'transformers', 'numpy') if m in sys.modules))"
+    )
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - start

@@ -6,7 +6,13 @@ import torch
 
 from modeling_stop import STOPProcessor, STOPVideoProcessor
 from modeling_stop.modeling_stop import clip_loss
-from training.data import VideoTextCollator, VideoTextDataset, build_dataloader, load_video_text_dataset, reversed_pair_accuracy
+from training.data import (
+    VideoTextCollator,
+    VideoTextDataset,
+    build_dataloader,
+    load_video_text_dataset,
+    reversed_pair_accuracy,
+)
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache
 from training.synthetic import write_benchmark
 
@@ -41,12 +47,18 @@ def test_cached_features_give_the_same_loss_as_decoding_every_step(data, process
     assert torch.equal(again.features, cache.features)  # read back, not recomputed differently
 
     plain = build_dataloader(dataset, VideoTextCollator(processor), 6, shuffle=True, seed=3)
-    cached = build_dataloader(CachedFeatureDataset(dataset, cache), CachedFeatureCollator(processor), 6, shuffle=True, seed=3)
+    cached = build_dataloader(
+        CachedFeatureDataset(dataset, cache), CachedFeatureCollator(processor), 6, shuffle=True, seed=3
+    )
     model.train()
     for a, b in zip(plain, cached):
         assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["input_ids"], b["input_ids"])
-        loss_a = model(input_ids=a["input_ids"], pixel_values=a["pixel_values"], video_mask=a["video_mask"], return_loss=True).loss
-        loss_b = model(input_ids=b["input_ids"], frame_features=b["frame_features"], video_mask=b["video_mask"], return_loss=True).loss
+        loss_a = model(
+            input_ids=a["input_ids"], pixel_values=a["pixel_values"], video_mask=a["video_mask"], return_loss=True
+        ).loss
+        loss_b = model(
+            input_ids=b["input_ids"], frame_features=b["frame_features"], video_mask=b["video_mask"], return_loss=True
+        ).loss
         torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
 
 

@@ -34,8 +34,22 @@ def setup(tmp_path_factory):
 
 
 def _args(root, out):
-    return ["--model_name_or_path", str(root / "model"), "--dataset_name", str(root / "data"), "--split", "test",
-            "--output_dir", str(out), "--shard_size", "2", "--batch_size", "2", "--num_workers", "0"]
+    return [
+        "--model_name_or_path",
+        str(root / "model"),
+        "--dataset_name",
+        str(root / "data"),
+        "--split",
+        "test",
+        "--output_dir",
+        str(out),
+        "--shard_size",
+        "2",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+    ]
 
 
 def test_index_holds_the_models_embeddings_skips_bad_files_and_searches(setup, tmp_path):

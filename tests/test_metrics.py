@@ -12,7 +12,6 @@ from benchmarks.ranking import rank_of_targets, target_ranks
 
 from .conftest import REPO_ROOT
 
-
 METRICS_DIR = REPO_ROOT / "benchmarks" / "metrics"
 
 
@@ -55,8 +54,16 @@ def test_retrieval_ranks_count_ties_against_the_query(retrieval):
 
     results = retrieval.compute(predictions=TIED_SIM, references=[0, 1, 2, 3])
     assert results == {
-        "t2v_R@1": 50.0, "t2v_R@5": 100.0, "t2v_R@10": 100.0, "t2v_MdR": 1.5, "t2v_MnR": 2.0,
-        "v2t_R@1": 75.0, "v2t_R@5": 100.0, "v2t_R@10": 100.0, "v2t_MdR": 1.0, "v2t_MnR": 1.5,
+        "t2v_R@1": 50.0,
+        "t2v_R@5": 100.0,
+        "t2v_R@10": 100.0,
+        "t2v_MdR": 1.5,
+        "t2v_MnR": 2.0,
+        "v2t_R@1": 75.0,
+        "v2t_R@5": 100.0,
+        "v2t_R@10": 100.0,
+        "v2t_MdR": 1.0,
+        "v2t_MnR": 1.5,
     }
 
 

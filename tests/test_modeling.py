@@ -169,12 +169,12 @@ def test_save_then_fresh_process_automodel_gives_identical_outputs(tmp_path):
         f"""
         import torch
         from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path / 'stop')!r}, trust_remote_code=True).eval()
+        model = AutoModel.from_pretrained({str(tmp_path / "stop")!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
             out = model(input_ids=inputs["text"], pixel_values=inputs["video"]).logits_per_text
-        torch.save(out, {str(tmp_path / 'out.pt')!r})
+        torch.save(out, {str(tmp_path / "out.pt")!r})
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))

@@ -53,7 +53,11 @@ def test_one_model_runs_any_frame_count(frames):
 
 @pytest.mark.parametrize(
     "clip_kwargs",
-    [dict(image_size=224, patch_size=32), dict(image_size=224, patch_size=16), dict(image_size=56, patch_size=14, vision_layers=24)],
+    [
+        dict(image_size=224, patch_size=32),
+        dict(image_size=224, patch_size=16),
+        dict(image_size=56, patch_size=14, vision_layers=24),
+    ],
     ids=["B32-shaped", "B16-shaped", "L14-shaped"],
 )
 def test_paper_variant_works_for_other_geometries(clip_kwargs):
@@ -89,9 +93,7 @@ def test_gradients_reach_every_trainable_module():
 
 
 def test_parameters_do_not_depend_on_the_frame_count():
-    counts = {
-        t: {n: p.shape for n, p in tiny_stop(variant="paper", num_frames=t).named_parameters()} for t in (4, 12)
-    }
+    counts = {t: {n: p.shape for n, p in tiny_stop(variant="paper", num_frames=t).named_parameters()} for t in (4, 12)}
     assert counts[4] == counts[12]
 
 
@@ -140,7 +142,9 @@ def test_untrained_temporal_head_leaves_the_video_feature_unchanged(variant):
 
 
 def test_frozen_clip_with_temporal_head_is_order_aware_and_trains_only_the_head():
-    model = tiny_stop(use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False, temporal_head="seqTransf")
+    model = tiny_stop(
+        use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False, temporal_head="seqTransf"
+    )
     assert model.uses_frozen_frame_features
     assert all(n.startswith("temporal_head.") for n, p in model.named_parameters() if p.requires_grad)
     video = _video(batch=1)

@@ -31,7 +31,10 @@ def _ours(official_key: str) -> str:
 
 @pytest.fixture(scope="module")
 def fixture(official_fixture_dir):
-    io = {k: v.float() if v.is_floating_point() else v for k, v in load_file(official_fixture_dir / "io.safetensors").items()}
+    io = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(official_fixture_dir / "io.safetensors").items()
+    }
     meta = json.loads((official_fixture_dir / "meta.json").read_text())
     model = convert(official_fixture_dir / "state.safetensors", max_words=meta["dims"]["max_words"])
     return model, io, meta

@@ -25,7 +25,6 @@ from tests.conftest import REPO_ROOT
 from tests.test_processing import tiny_clip_tokenizer
 from tests.tiny import tiny_stop
 
-
 LABELS = ["cat", "dog", "person"]
 TEMPLATE = "a photo of {}"  # words of the tiny tokenizer's vocabulary
 TRAINED = REPO_ROOT / "checkpoints" / "stop-synthetic"
@@ -310,10 +309,21 @@ def test_save_pretrained_alone_writes_folders_whose_pipelines_work_in_a_fresh_pr
             assert all((folder / os.path.basename(f)).is_file() for f in get_relative_import_files(folder / name))
     out = tmp_path / "result.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    args = [str(saved["stop"]), str(saved["resaved"]), str(saved["classifier"]), videos[0], json.dumps(LABELS), str(out)]
+    args = [
+        str(saved["stop"]),
+        str(saved["resaved"]),
+        str(saved["classifier"]),
+        videos[0],
+        json.dumps(LABELS),
+        str(out),
+    ]
     run = subprocess.run(
         [sys.executable, "-c", SAVE_PRETRAINED_SCRIPT, *args],
-        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -15,7 +15,6 @@ from modeling_stop.video_io import VideoDecodeError, read_video_frames
 from tests.conftest import REPO_ROOT
 from tests.video_factory import indexed_frames, moving_frames, write_video
 
-
 WORDS = ("a", "photo", "of", "cat", "dog", "person", "is", "cooking", "in", "the", "kitchen")
 
 
@@ -141,7 +140,14 @@ def test_random_sampling_is_reproducible_with_a_generator_and_differs_from_unifo
 def test_target_fps_is_a_saved_setting(tokenizer, clips, tmp_path):
     video_processor = STOPVideoProcessor(num_frames=8, size=32, target_fps=2.0)
     assert video_processor(clips["clip30"], return_frame_indices=True)["frame_indices"][0].tolist() == [
-        0, 5, 10, 15, 20, 25, -1, -1
+        0,
+        5,
+        10,
+        15,
+        20,
+        25,
+        -1,
+        -1,
     ]
     video_processor.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "video_preprocessor_config.json").read_text())["target_fps"] == 2.0
@@ -200,8 +206,8 @@ def test_auto_processor_loads_a_saved_processor_in_a_fresh_process(processor, cl
         "processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
         "assert type(processor).__name__ == 'STOPProcessor', type(processor)\n"
         "assert processor.max_words == 8 and processor.video_processor.num_frames == 8\n"
-        "out = processor(text=%r, videos=%r, padding='max_length')\n"
-        "torch.save(dict(out), sys.argv[2])\n" % (text, video)
+        f"out = processor(text={text!r}, videos={video!r}, padding='max_length')\n"
+        "torch.save(dict(out), sys.argv[2])\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result_file = tmp_path / "out.pt"
@@ -224,8 +230,14 @@ def test_from_pretrained_round_trip_in_process(processor, tmp_path):
 def test_from_clip_and_from_model_config_read_the_checkpoint_geometry(tokenizer, tmp_path):
     clip_config = CLIPConfig(
         text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-        vision_config={"image_size": 48, "patch_size": 16, "hidden_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "intermediate_size": 64},
+        vision_config={
+            "image_size": 48,
+            "patch_size": 16,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
     )
     clip_config.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -235,8 +247,11 @@ def test_from_clip_and_from_model_config_read_the_checkpoint_geometry(tokenizer,
     assert processor(text="a cat")["input_ids"].tolist() == [tokenizer("a cat").input_ids]
 
     stop_config = STOPConfig(
-        text_config=clip_config.text_config.to_dict(), vision_config=clip_config.vision_config.to_dict(),
-        num_frames=6, max_words=20, spatial_top_k=2,
+        text_config=clip_config.text_config.to_dict(),
+        vision_config=clip_config.vision_config.to_dict(),
+        num_frames=6,
+        max_words=20,
+        spatial_top_k=2,
     )
     processor = STOPProcessor.from_model_config(stop_config, str(tmp_path))
     assert (processor.video_processor.size, processor.video_processor.num_frames, processor.max_words) == (48, 6, 20)

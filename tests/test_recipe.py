@@ -13,9 +13,22 @@ from training import recipe as R
 
 
 def _args(**kwargs):
-    names = ["learning_rate", "head_lr_multiplier", "prompter_lr_multiplier", "weight_decay", "adam_beta1",
-             "adam_beta2", "adam_epsilon", "warmup_ratio", "num_train_epochs", "head_stage_learning_rate",
-             "head_stage_batch_size", "temporal_gate_ratio", "num_warmup_steps", "head_stage_steps"]
+    names = [
+        "learning_rate",
+        "head_lr_multiplier",
+        "prompter_lr_multiplier",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "warmup_ratio",
+        "num_train_epochs",
+        "head_stage_learning_rate",
+        "head_stage_batch_size",
+        "temporal_gate_ratio",
+        "num_warmup_steps",
+        "head_stage_steps",
+    ]
     return argparse.Namespace(**{**dict.fromkeys(names), **kwargs})
 
 
@@ -63,8 +76,13 @@ def test_parameter_groups_carry_the_per_group_learning_rates(variant):
     assert len(by_param) == len(trainable)  # every trainable parameter exactly once
     for name, param in trainable:
         group = by_param[id(param)]
-        expected = 3e-3 if name.startswith(("temporal_head.", "temporal_gate")) else 1e-4 if name.startswith(
-            ("spatial_prompter.", "temporal_prompter.")) else 1e-3
+        expected = (
+            3e-3
+            if name.startswith(("temporal_head.", "temporal_gate"))
+            else 1e-4
+            if name.startswith(("spatial_prompter.", "temporal_prompter."))
+            else 1e-3
+        )
         assert group["lr"] == pytest.approx(expected), name
         if name.endswith(".bias") or name in ("global_prompts", "temporal_head.position_embeddings.weight"):
             assert group["weight_decay"] == 0.0, name
@@ -76,8 +94,9 @@ def test_parameter_groups_carry_the_per_group_learning_rates(variant):
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
 def test_head_on_frozen_features_gets_gradient_at_the_first_step_once_the_gate_is_set(variant):
-    model = tiny_stop(variant=variant, temporal_head="seqTransf", temporal_head_input="frozen",
-                      frame_weight_norm="video")
+    model = tiny_stop(
+        variant=variant, temporal_head="seqTransf", temporal_head_input="frozen", frame_weight_norm="video"
+    )
     video = _video()
     batch = {"pixel_values": video, "video_mask": torch.ones(2, 4, dtype=torch.long)}
     with torch.no_grad():
@@ -147,14 +166,30 @@ def test_head_stage_learns_order_on_cached_features_and_leaves_the_rest_frozen(m
     monkeypatch.setattr(R, "split_pair_accuracy", lambda *a: {"pair_accuracy": 0.5})
     prompts_before = model.global_prompts.detach().clone()
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
-    args = _args(head_stage_steps=60, head_stage_batch_size=4, head_stage_text=True, seed=0, max_grad_norm=1.0,
-                 logging_steps=10, per_device_eval_batch_size=4)
+    args = _args(
+        head_stage_steps=60,
+        head_stage_batch_size=4,
+        head_stage_text=True,
+        seed=0,
+        max_grad_norm=1.0,
+        logging_steps=10,
+        per_device_eval_batch_size=4,
+    )
     R.resolve_args(args, "paper")
     args.head_stage_learning_rate = 1e-2
     records = []
-    summary = R.train_head_stage(model, _Processor(), _Split(captions), _Split(captions), args,
-                                 R.Recipe(head_stage_eval_every=30), _Metric(), "cpu", log=lambda *_: None,
-                                 write_record=records.append)
+    summary = R.train_head_stage(
+        model,
+        _Processor(),
+        _Split(captions),
+        _Split(captions),
+        args,
+        R.Recipe(head_stage_eval_every=30),
+        _Metric(),
+        "cpu",
+        log=lambda *_: None,
+        write_record=records.append,
+    )
     assert summary["head_stage_steps"] == 60 and summary["head_stage_val_t2v_R@1"] == 100.0
     assert [r["step"] for r in records if r["split"] == "head_stage_validation"] == [30, 60]
     assert torch.equal(model.global_prompts, prompts_before)  # only the head and the text side trained

@@ -21,7 +21,11 @@ def report(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.speed", "--tiny", "--output", str(output)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert output.with_suffix(".md").exists()
@@ -45,7 +49,9 @@ def test_every_configuration_is_measured(report):
 
 def test_ratios_are_time_over_backbone_time(report):
     data, _ = report
-    backbone = {(r["stage"], r["batch_size"], r["dtype"]): r["median_s"] for r in data["results"] if r["model"] == "backbone"}
+    backbone = {
+        (r["stage"], r["batch_size"], r["dtype"]): r["median_s"] for r in data["results"] if r["model"] == "backbone"
+    }
     for r in data["results"]:
         ref = backbone[(r["stage"], r["batch_size"], r["dtype"])]
         assert r["backbone_median_s"] == ref
@@ -81,8 +87,21 @@ def test_throughput_benchmark_accounts_for_the_whole_loop(tmp_path):
 
     for i in range(2):
         write_video(videos / f"v{i}.mp4", moving_frames(8, 48, 64, seed=i))
-    result = throughput(["--tiny", "--video_dir", str(videos), "--num_videos", "4", "--batch_size", "2",
-                         "--num_workers", "1", "--output", str(tmp_path / "t.json")])
+    result = throughput(
+        [
+            "--tiny",
+            "--video_dir",
+            str(videos),
+            "--num_videos",
+            "4",
+            "--batch_size",
+            "2",
+            "--num_workers",
+            "1",
+            "--output",
+            str(tmp_path / "t.json"),
+        ]
+    )
     assert json.loads((tmp_path / "t.json").read_text())["videos"] == result["videos"] == 4
     main, shares = result["main_process"], result["shares_of_work"]
     assert 0 < main["dataloader_wait_share"] < 1 and 0 < main["model_share"] < 1
@@ -102,8 +121,11 @@ def test_throughput_pipeline_gives_the_processors_pixels(tmp_path):
     from tests.video_factory import moving_frames, write_video
 
     write_video(tmp_path / "v.mp4", moving_frames(8, 48, 64, seed=3))
-    timed = TimedVideoDataset(Dataset.from_dict({"video": [str(tmp_path / "v.mp4")]}), TimedVideoProcessor(num_frames=4, size=32),
-                              caption_column=None)
+    timed = TimedVideoDataset(
+        Dataset.from_dict({"video": [str(tmp_path / "v.mp4")]}),
+        TimedVideoProcessor(num_frames=4, size=32),
+        caption_column=None,
+    )
     item = timed[0]
     expected = STOPVideoProcessor(num_frames=4, size=32)(str(tmp_path / "v.mp4"))["pixel_values"][0]
     assert torch.equal(item["pixel_values"], expected)

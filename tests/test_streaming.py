@@ -27,8 +27,14 @@ from training.streaming import (
     load_streaming_dataset,
 )
 
-CAPTIONS = ["a red circle moving left", "a blue square moving right", "a green star falling", "a dot rising",
-            "a yellow ring growing", "a purple box shrinking"]
+CAPTIONS = [
+    "a red circle moving left",
+    "a blue square moving right",
+    "a green star falling",
+    "a dot rising",
+    "a yellow ring growing",
+    "a purple box shrinking",
+]
 
 
 def write_shards(root, num_shards=2, per_shard=6, broken=(), split="train", size=32):
@@ -74,8 +80,9 @@ def test_stream_order_is_seeded_per_epoch_split_across_processes_and_replayable(
     assert keys[0] != keys[1]  # reshuffled per epoch
 
     # Two processes, batch 2: groups of 4 rows; 12 rows = 3 groups; each process takes its half of each group.
-    ranks = [positions(StreamSampler(stream, 2, num_processes=2, process_index=r, seed=3, buffer_size=4))
-             for r in (0, 1)]
+    ranks = [
+        positions(StreamSampler(stream, 2, num_processes=2, process_index=r, seed=3, buffer_size=4)) for r in (0, 1)
+    ]
     assert ranks == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11]]
     # Groups of 5 rows (batch 5, one process): the incomplete last group is dropped.
     assert positions(StreamSampler(stream, 5, seed=3, buffer_size=4)) == list(range(10))
@@ -91,8 +98,9 @@ def test_stream_order_is_seeded_per_epoch_split_across_processes_and_replayable(
 def test_streamed_batches_decode_like_the_map_style_path_and_name_broken_samples(tmp_path):
     root = write_shards(tmp_path / "shards", num_shards=1, per_shard=4, broken={"0002"})
     stream, _ = load_streaming_dataset(str(root))
-    dataset, loader = build_streaming_dataloader(stream, video_processor(), VideoTextCollator(Processor()), 2,
-                                                 seed=0, buffer_size=0)
+    dataset, loader = build_streaming_dataloader(
+        stream, video_processor(), VideoTextCollator(Processor()), 2, seed=0, buffer_size=0
+    )
     batches = list(loader)
     assert [b["indices"].tolist() for b in batches] == [[0, 1], [3]]
     assert len(batches[1]["failed"]) == 1 and "0002" in batches[1]["failed"][0]
@@ -116,21 +124,38 @@ def test_a_streamed_row_with_an_empty_caption_names_the_shard_and_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_streamed_run_killed_with_sigkill_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(backbone,
-                                                                                                   tmp_path):
+def test_streamed_run_killed_with_sigkill_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(
+    backbone,  # noqa: F811 (the imported fixture)
+    tmp_path,
+):
     # 12 rows (one undecodable) in 2 shards, batch 4: 3 steps per pass; 5 steps = killed in the second pass, after
     # step 4. Shuffled shards and buffer, random frame offsets, dropout, decoding in a worker process.
     data = write_shards(tmp_path / "shards", broken={"1002"})
-    common = ["--streaming", "--shuffle_buffer_size", "5", "--per_device_train_batch_size", "4",
-              "--max_train_steps", "5", "--variant", "paper", "--frame_sampling", "random",
-              "--dataloader_num_workers", "1", "--checkpointing_steps", "1"]
+    common = [
+        "--streaming",
+        "--shuffle_buffer_size",
+        "5",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "5",
+        "--variant",
+        "paper",
+        "--frame_sampling",
+        "random",
+        "--dataloader_num_workers",
+        "1",
+        "--checkpointing_steps",
+        "1",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = run(train_args(backbone, data, straight, *common))
     assert "skipped 1 videos that failed to decode" in result.stdout and "1002" in result.stdout
 
     log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen([sys.executable, *train_args(backbone, data, killed, *common)], env=ENV,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, *train_args(backbone, data, killed, *common)], env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_4" / "training_state.json").exists():
         assert process.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]

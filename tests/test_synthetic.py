@@ -61,8 +61,10 @@ def test_benchmark_round_trips_through_videofolder(tiny_benchmark, tiny_dataset)
     for split, ds in tiny_dataset.items():
         assert set(ds.column_names) == COLUMNS
         assert ds.num_rows == counts[split]
-        assert all((directory / split / row["file_name"]).exists()
-                   for row in map(json.loads, (directory / split / "metadata.jsonl").read_text().splitlines()))
+        assert all(
+            (directory / split / row["file_name"]).exists()
+            for row in map(json.loads, (directory / split / "metadata.jsonl").read_text().splitlines())
+        )
     example = tiny_dataset["test"][0]
     frames = _frames(example["video"])
     assert frames.shape == (TINY["num_frames"], TINY["size"], TINY["size"], 3)

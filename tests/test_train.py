@@ -24,8 +24,13 @@ from training.synthetic import write_benchmark
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "training" / "train.py"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": str(REPO_ROOT)}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": str(REPO_ROOT),
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +50,35 @@ def backbone(tmp_path_factory):
 
 
 def benchmark(root, num_train, num_validation=0, num_test=0):
-    write_benchmark(root, seed=1, num_train=num_train, num_validation=num_validation, num_test=num_test,
-                    num_frames=4, size=32)
+    write_benchmark(
+        root, seed=1, num_train=num_train, num_validation=num_validation, num_test=num_test, num_frames=4, size=32
+    )
     return root
 
 
 def train_args(backbone, data, output_dir, *extra):
-    return [str(TRAIN), "--model_name_or_path", str(backbone), "--dataset_name", str(data), "--output_dir",
-            str(output_dir), "--num_frames", "4", "--per_device_eval_batch_size", "8", "--logging_steps", "1",
-            *extra]
+    return [
+        str(TRAIN),
+        "--model_name_or_path",
+        str(backbone),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--num_frames",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
 
 
 def run(args, launcher=(sys.executable,), timeout=300, env=ENV):
-    result = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [*launcher, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -98,12 +118,33 @@ def test_optimizer_groups_exclude_biases_norms_prelu_and_prompt_embeddings_from_
 def test_stop_config_overrides_are_typed_like_the_config_fields():
     from training.train import parse_args, stop_options
 
-    args = parse_args(["--dataset_name", "x", "--output_dir", "y", "--variant", "paper", "--stop_config_overrides",
-                       "prompter_dropout=0.0", "inter_kernel=3,5,5", "use_spatial_prompt=false", "num_prompt_layers=4",
-                       "temporal_head=seqTransf"])
-    assert stop_options(args) == {"variant": "paper", "num_frames": 8, "max_words": 32, "prompter_dropout": 0.0,
-                                  "inter_kernel": [3, 5, 5], "use_spatial_prompt": False, "num_prompt_layers": 4,
-                                  "temporal_head": "seqTransf", "temporal_head_input": "frozen"}
+    args = parse_args(
+        [
+            "--dataset_name",
+            "x",
+            "--output_dir",
+            "y",
+            "--variant",
+            "paper",
+            "--stop_config_overrides",
+            "prompter_dropout=0.0",
+            "inter_kernel=3,5,5",
+            "use_spatial_prompt=false",
+            "num_prompt_layers=4",
+            "temporal_head=seqTransf",
+        ]
+    )
+    assert stop_options(args) == {
+        "variant": "paper",
+        "num_frames": 8,
+        "max_words": 32,
+        "prompter_dropout": 0.0,
+        "inter_kernel": [3, 5, 5],
+        "use_spatial_prompt": False,
+        "num_prompt_layers": 4,
+        "temporal_head": "seqTransf",
+        "temporal_head_input": "frozen",
+    }
     with pytest.raises(ValueError, match="'bad' is not a STOPConfig field"):
         stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
@@ -115,8 +156,16 @@ def test_model_card_holds_hub_metadata_and_test_metrics_as_model_index(tmp_path)
     from training.train import write_model_card
 
     (tmp_path / "synthetic").mkdir()  # a local dataset folder is named by its folder name
-    write_model_card(tmp_path, "stop-tiny", "openai/clip-vit-base-patch32", str(tmp_path / "synthetic"), "retrieval",
-                     {"t2v_R@1": 41.5, "v2t_MdR": 2.0, "num_failed": 0}, stop_config(), {"learning_rate": 1e-3})
+    write_model_card(
+        tmp_path,
+        "stop-tiny",
+        "openai/clip-vit-base-patch32",
+        str(tmp_path / "synthetic"),
+        "retrieval",
+        {"t2v_R@1": 41.5, "v2t_MdR": 2.0, "num_failed": 0},
+        stop_config(),
+        {"learning_rate": 1e-3},
+    )
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "feature-extraction"
     assert {"stop", "video-text-retrieval", "clip"} <= set(card.data.tags)
@@ -132,15 +181,45 @@ def test_model_card_holds_hub_metadata_and_test_metrics_as_model_index(tmp_path)
 @pytest.mark.slow
 def test_two_processes_give_the_losses_and_weights_of_one_process_with_the_double_batch(backbone, tmp_path):
     data = benchmark(tmp_path / "data", num_train=16)
-    common = ["--max_train_steps", "3", "--optimizer", "sgd", "--learning_rate", "0.05", "--variant", "official",
-              "--frame_weight_norm", "video", "--stop_config_overrides", "prompter_dropout=0.0",
-              "prompter_kernel=3,3,3", "region_kernel=3,3,3", "inter_kernel=3,3,3", "frame_weight_kernel=3,3,3"]
+    common = [
+        "--max_train_steps",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--learning_rate",
+        "0.05",
+        "--variant",
+        "official",
+        "--frame_weight_norm",
+        "video",
+        "--stop_config_overrides",
+        "prompter_dropout=0.0",
+        "prompter_kernel=3,3,3",
+        "region_kernel=3,3,3",
+        "inter_kernel=3,3,3",
+        "frame_weight_kernel=3,3,3",
+    ]
     single, double = tmp_path / "one", tmp_path / "two"
     run(train_args(backbone, data, single, "--per_device_train_batch_size", "8", *common))
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    run(train_args(backbone, data, double, "--per_device_train_batch_size", "4", *common), launcher=launcher,
-        env={**ENV, "ACCELERATE_USE_CPU": "true"})
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    )
+    run(
+        train_args(backbone, data, double, "--per_device_train_batch_size", "4", *common),
+        launcher=launcher,
+        env={**ENV, "ACCELERATE_USE_CPU": "true"},
+    )
 
     one, two = train_losses(single), train_losses(double)
     assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3]
@@ -154,14 +233,27 @@ def test_run_killed_with_sigkill_and_resumed_ends_with_the_weights_of_an_uninter
     # 3 steps per epoch, 2 epochs, validation after each; dropout on, random frame offsets, decoding in a worker.
     # Killed in the second epoch: the resumed run must skip the right batches of the right epoch order.
     data = benchmark(tmp_path / "data", num_train=12, num_validation=4)
-    common = ["--per_device_train_batch_size", "4", "--max_train_steps", "6", "--variant", "paper",
-              "--frame_sampling", "random", "--dataloader_num_workers", "1", "--checkpointing_steps", "1"]
+    common = [
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "6",
+        "--variant",
+        "paper",
+        "--frame_sampling",
+        "random",
+        "--dataloader_num_workers",
+        "1",
+        "--checkpointing_steps",
+        "1",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(train_args(backbone, data, straight, *common))
 
     log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen([sys.executable, *train_args(backbone, data, killed, *common)], env=ENV,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, *train_args(backbone, data, killed, *common)], env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_4" / "training_state.json").exists():  # mid epoch 2
         assert process.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
@@ -195,9 +287,25 @@ def test_short_run_beats_the_untrained_model_skips_a_corrupt_video_and_writes_a_
     out = tmp_path / "out"
     epochs = 30
     # No stage 1 (--head_stage_steps 0): epoch 0 is then the untrained model.
-    result = run(train_args(backbone, data, out, "--per_device_train_batch_size", "6", "--num_train_epochs",
-                            str(epochs), "--variant", "paper", "--learning_rate", "1e-2", "--num_warmup_steps", "0",
-                            "--head_stage_steps", "0"))
+    result = run(
+        train_args(
+            backbone,
+            data,
+            out,
+            "--per_device_train_batch_size",
+            "6",
+            "--num_train_epochs",
+            str(epochs),
+            "--variant",
+            "paper",
+            "--learning_rate",
+            "1e-2",
+            "--num_warmup_steps",
+            "0",
+            "--head_stage_steps",
+            "0",
+        )
+    )
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r["split"] == "validation"]
@@ -211,9 +319,18 @@ def test_short_run_beats_the_untrained_model_skips_a_corrupt_video_and_writes_a_
 
     results = json.loads((out / "all_results.json").read_text())
     assert results["best_val_t2v_R@1"] == best and results["test_t2v_R@1"] == best  # test = validation clips
-    for name in ("model.safetensors", "config.json", "modeling_stop.py", "configuration_stop.py",
-                 "processing_stop.py", "processor_config.json", "tokenizer.json", "README.md", "metrics.jsonl",
-                 "training_curves.png"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "modeling_stop.py",
+        "configuration_stop.py",
+        "processing_stop.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "metrics.jsonl",
+        "training_curves.png",
+    ):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "stop" and config["auto_map"]["AutoModel"] == "modeling_stop.STOPModel"
@@ -227,8 +344,14 @@ processor = AutoProcessor.from_pretrained({str(out)!r}, trust_remote_code=True)
 inputs = processor(text=["a red circle moving left"], videos=[{str(data / "test" / "00000a.mp4")!r}])
 print(type(model).__name__, type(processor).__name__, tuple(model(**inputs).logits_per_text.shape))
 """
-    loaded = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env={**ENV, "PYTHONPATH": ""},
-                            capture_output=True, text=True, timeout=120)
+    loaded = subprocess.run(
+        [sys.executable, "-c", load],
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split()[-4:] == ["STOPModel", "STOPProcessor", "(1,", "1)"]
 
@@ -237,8 +360,23 @@ print(type(model).__name__, type(processor).__name__, tuple(model(**inputs).logi
 def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(backbone, tmp_path):
     data = benchmark(tmp_path / "data", num_train=8, num_validation=4, num_test=4)
     first, second = tmp_path / "first", tmp_path / "second"
-    run(train_args(backbone, data, first, "--task", "classification", "--label_template", "a shape {label}",
-                   "--per_device_train_batch_size", "4", "--num_train_epochs", "2", "--variant", "paper"))
+    run(
+        train_args(
+            backbone,
+            data,
+            first,
+            "--task",
+            "classification",
+            "--label_template",
+            "a shape {label}",
+            "--per_device_train_batch_size",
+            "4",
+            "--num_train_epochs",
+            "2",
+            "--variant",
+            "paper",
+        )
+    )
     records = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r["split"] == "validation"]
     assert [r["epoch"] for r in val] == [0, 1, 2] and 0 <= val[0]["top1_accuracy"] <= 100
@@ -247,8 +385,21 @@ def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(ba
     assert "pipeline_tag: video-classification" in (first / "README.md").read_text()
 
     # A STOP checkpoint is trained on as it is: its config (variant, frames), not new-model options.
-    run(train_args(first, data, second, "--task", "classification", "--per_device_train_batch_size", "4",
-                   "--max_train_steps", "1", "--num_frames", "8"))
+    run(
+        train_args(
+            first,
+            data,
+            second,
+            "--task",
+            "classification",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_steps",
+            "1",
+            "--num_frames",
+            "8",
+        )
+    )
     config = json.loads((second / "config.json").read_text())
     assert config["variant"] == "paper" and config["num_frames"] == 4
 
@@ -257,8 +408,15 @@ def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(ba
 
 
 def run_failing(args, timeout=300):
-    result = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=timeout,
-                            stdin=subprocess.DEVNULL, check=False)
+    result = subprocess.run(
+        [sys.executable, *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
@@ -269,15 +427,17 @@ def assert_no_model_written(output_dir):
 
 
 @pytest.mark.slow
-def test_undecodable_training_videos_beyond_the_bound_stop_the_run_naming_them_and_writing_no_model(backbone,
-                                                                                                     tmp_path):
+def test_undecodable_training_videos_beyond_the_bound_stop_the_run_naming_them_and_writing_no_model(backbone, tmp_path):
     data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
     broken = sorted((data / "train").glob("*.mp4"))
     for path in broken:
         path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
     out = tmp_path / "out"
-    result = run_failing(train_args(backbone, data, out, "--per_device_train_batch_size", "4", "--max_train_steps",
-                                    "8", "--variant", "paper"))
+    result = run_failing(
+        train_args(
+            backbone, data, out, "--per_device_train_batch_size", "4", "--max_train_steps", "8", "--variant", "paper"
+        )
+    )
     # Batch 4 of 8 videos: 4 failures are at the bound (0.5), the 8th failure exceeds it: stopped in the 2nd batch.
     assert "8 of 8 training videos failed to decode, more than --max_bad_video_fraction 0.5" in result.stderr
     assert all(path.name in result.stderr for path in broken)
@@ -291,9 +451,27 @@ def test_a_non_finite_loss_stops_the_run_naming_the_batch_and_writing_no_model(b
     data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
     out = tmp_path / "out"
     # One SGD step at lr 1e30 without clipping sends the prompt weights to inf: the second loss is NaN.
-    result = run_failing(train_args(backbone, data, out, "--per_device_train_batch_size", "4", "--max_train_steps",
-                                    "4", "--variant", "paper", "--optimizer", "sgd", "--learning_rate", "1e30",
-                                    "--max_grad_norm", "0", "--num_warmup_steps", "0"))
+    result = run_failing(
+        train_args(
+            backbone,
+            data,
+            out,
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_steps",
+            "4",
+            "--variant",
+            "paper",
+            "--optimizer",
+            "sgd",
+            "--learning_rate",
+            "1e30",
+            "--max_grad_norm",
+            "0",
+            "--num_warmup_steps",
+            "0",
+        )
+    )
     assert "step 2: the training loss is nan" in result.stderr
     named = [line.strip() for line in result.stderr.splitlines() if line.strip().endswith(".mp4")]
     assert len(named) == 4 and all((data / "train").as_posix() in name for name in named)
@@ -301,16 +479,25 @@ def test_a_non_finite_loss_stops_the_run_naming_the_batch_and_writing_no_model(b
 
 
 @pytest.mark.slow
-def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_validation_videos_are_named(backbone,
-                                                                                                       tmp_path):
+def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_validation_videos_are_named(
+    backbone, tmp_path
+):
     data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
     (data / "validation" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
     row = json.loads((data / "validation" / "metadata.jsonl").read_text().splitlines()[0])
     with open(data / "validation" / "metadata.jsonl", "a") as f:
         f.write(json.dumps({**row, "file_name": "broken.mp4", "caption": "a broken clip"}) + "\n")
     out = tmp_path / "out"
-    common = ["--per_device_train_batch_size", "4", "--max_train_steps", "4", "--variant", "paper",
-              "--checkpointing_steps", "1"]
+    common = [
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "4",
+        "--variant",
+        "paper",
+        "--checkpointing_steps",
+        "1",
+    ]
     result = run(train_args(backbone, data, out, *common))
 
     # Two newest checkpoints kept (default --checkpoints_total_limit 2), the model folder `best` besides them.
@@ -322,12 +509,14 @@ def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_vali
     assert len(val) == 3 and all(r["num_failed"] == 1 and "broken.mp4" in r["failed_videos"][0] for r in val)
 
     resume = ["--resume_from_checkpoint", str(out / "checkpoints" / "step_3")]
-    refused = run_failing(train_args(backbone, data, out, *common, "--per_device_train_batch_size", "2",
-                                     "--learning_rate", "1e-3", *resume))
+    refused = run_failing(
+        train_args(
+            backbone, data, out, *common, "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", *resume
+        )
+    )
     assert "--per_device_train_batch_size: checkpoint 4, now 2" in refused.stderr
     assert "--learning_rate: checkpoint 0.005, now 0.001" in refused.stderr and "--allow_changed_args" in refused.stderr
-    allowed = run(train_args(backbone, data, out, *common, "--learning_rate", "1e-3", "--allow_changed_args",
-                             *resume))
+    allowed = run(train_args(backbone, data, out, *common, "--learning_rate", "1e-3", "--allow_changed_args", *resume))
     assert "resuming from" in allowed.stderr and "--learning_rate: checkpoint 0.005, now 0.001" in allowed.stderr
 
     model = out / "checkpoints" / "step_4" / "model.safetensors"

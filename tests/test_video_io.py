@@ -25,7 +25,6 @@ from tests.video_factory import (
     write_video,
 )
 
-
 HAS_TORCHCODEC = "torchcodec" in video_io.available_backends()
 BACKENDS = [
     "pyav",

@@ -6,7 +6,15 @@ from modeling_stop import STOPConfig, STOPModel
 
 
 def tiny_clip_config(
-    image_size=32, patch_size=8, vision_layers=2, text_layers=2, width=64, text_width=32, vocab=100, heads=2, text_heads=2
+    image_size=32,
+    patch_size=8,
+    vision_layers=2,
+    text_layers=2,
+    width=64,
+    text_width=32,
+    vocab=100,
+    heads=2,
+    text_heads=2,
 ):
     return CLIPConfig(
         text_config=dict(

@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-
 LEVEL_STEP = 7
 LEVEL_OFFSET = 16
 

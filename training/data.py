@@ -90,11 +90,14 @@ def check_jsonl_files(files) -> None:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{file}, line {number}: not valid JSON ({err.msg} at column {err.colno}): "
-                                     f"{line.strip()[:120]!r}. Fix or remove the line") from None
+                    raise ValueError(
+                        f"{file}, line {number}: not valid JSON ({err.msg} at column {err.colno}): "
+                        f"{line.strip()[:120]!r}. Fix or remove the line"
+                    ) from None
                 if not isinstance(value, dict):
                     raise ValueError(  # noqa: TRY004 - bad file content, not a bad argumentf"{file}, line {number}: expected a JSON object (one row), got "
-                                     f"{type(value).__name__}: {line.strip()[:120]!r}")
+                        f"{type(value).__name__}: {line.strip()[:120]!r}"
+                    )
 
 
 def _jsonl_files(builder: str, kwargs: dict) -> list[Path]:
@@ -187,8 +190,10 @@ def load_video_text_dataset(
             raw = load_dataset(builder, dataset_config_name, cache_dir=cache_dir, **kwargs)
         except Exception as err:
             cause = err.__cause__ or err
-            raise ValueError(f"--dataset_name {dataset_name}: the datasets {builder!r} loader could not read "
-                             f"{kwargs}: {type(cause).__name__}: {cause}") from err
+            raise ValueError(
+                f"--dataset_name {dataset_name}: the datasets {builder!r} loader could not read "
+                f"{kwargs}: {type(cause).__name__}: {cause}"
+            ) from err
     elif _looks_like_path(dataset_name):
         raise _missing_local_path_error(dataset_name)
     else:
@@ -196,11 +201,16 @@ def load_video_text_dataset(
             if hub_splits is None:
                 raw = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
             else:
-                raw = DatasetDict({name: load_dataset(dataset_name, dataset_config_name, split=name, cache_dir=cache_dir)
-                                   for name in hub_splits})
+                raw = DatasetDict(
+                    {
+                        name: load_dataset(dataset_name, dataset_config_name, split=name, cache_dir=cache_dir)
+                        for name in hub_splits
+                    }
+                )
         except Exception as err:
-            err.add_note(f"--dataset_name {dataset_name}: no local folder or file has this name either "
-                         f"(looked in {Path.cwd()})")
+            err.add_note(
+                f"--dataset_name {dataset_name}: no local folder or file has this name either (looked in {Path.cwd()})"
+            )
             raise
 
     splits, found_names = {}, {}

@@ -26,8 +26,18 @@ def cache_key(model, dataset: VideoTextDataset) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])  # a prefix per tensor is enough
     processor = dataset.video_processor
-    digest.update(json.dumps({"fingerprint": dataset.dataset._fingerprint, "num_frames": processor.num_frames,
-                              "size": processor.size, "sampling": "uniform"}, sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "fingerprint": dataset.dataset._fingerprint,
+                "num_frames": processor.num_frames,
+                "size": processor.size,
+                "sampling": "uniform",
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -39,14 +49,27 @@ class FrameFeatureCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, dataset: VideoTextDataset, batch_size: int = 32, num_workers: int = 0,
-              cache_dir: str | Path | None = None, device=None, disable_progress: bool = False) -> "FrameFeatureCache":
+    def build(
+        cls,
+        model,
+        dataset: VideoTextDataset,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        cache_dir: str | Path | None = None,
+        device=None,
+        disable_progress: bool = False,
+    ) -> FrameFeatureCache:
         path = Path(cache_dir) / f"frame_features-{cache_key(model, dataset)}.pt" if cache_dir else None
         if path is not None and path.exists():
             data = torch.load(path, weights_only=True)
             return cls(data["features"], data["video_mask"], data["failed"])
-        eval_view = VideoTextDataset(dataset.dataset, dataset.video_processor, video_column=dataset.video_column,
-                                     caption_column=None, label_column=None)
+        eval_view = VideoTextDataset(
+            dataset.dataset,
+            dataset.video_processor,
+            video_column=dataset.video_column,
+            caption_column=None,
+            label_column=None,
+        )
         loader = build_dataloader(eval_view, VideoTextCollator(None), batch_size, num_workers=num_workers)
         n, t = len(eval_view), dataset.video_processor.num_frames
         features = mask = None
@@ -89,7 +112,11 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if not self.valid[index]:
             return {"index": index, "error": f"{self.dataset.video_name(index)}: failed to decode (see cache build)"}
-        item = {"index": index, "frame_features": self.cache.features[index], "video_mask": self.cache.video_mask[index]}
+        item = {
+            "index": index,
+            "frame_features": self.cache.features[index],
+            "video_mask": self.cache.video_mask[index],
+        }
         ds = self.dataset
         row = ds.dataset[index]
         if ds.caption_column is not None:

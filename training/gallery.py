@@ -132,14 +132,20 @@ def _embedding_matrix(gallery: Dataset, rows=None) -> np.ndarray:
     lengths = pa_list_lengths(column)
     if len(column) and (lengths != lengths[0]).any():
         bad = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise ValueError(f"add_index: row {bad} of '{EMBEDDING_COLUMN}' has {lengths[bad]} values, row 0 has {lengths[0]}: "
-                         "every embedding must have the same size")
+        raise ValueError(
+            f"add_index: row {bad} of '{EMBEDDING_COLUMN}' has {lengths[bad]} values, row 0 has {lengths[0]}: "
+            "every embedding must have the same size"
+        )
     dim = int(lengths[0]) if len(column) else 0
-    matrix = np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim), dtype=np.float32)
+    matrix = np.ascontiguousarray(
+        column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim), dtype=np.float32
+    )
     if not np.isfinite(matrix).all():
         bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
-        raise ValueError(f"add_index: row {bad if rows is None else rows[bad]} of '{EMBEDDING_COLUMN}' is not finite; "
-                         "re-embed that video")
+        raise ValueError(
+            f"add_index: row {bad if rows is None else rows[bad]} of '{EMBEDDING_COLUMN}' is not finite; "
+            "re-embed that video"
+        )
     return matrix
 
 
@@ -313,7 +319,9 @@ def build_gallery(args) -> Dataset | None:
     if args.max_samples:
         split = split.select(range(min(args.max_samples, len(split))))
     dataset = VideoTextDataset(split, processor.video_processor, video_column=args.video_column, caption_column=None)
-    embed_shards(model, processor, dataset, args.output_dir, args.shard_size, args.batch_size, args.num_workers, accelerator)
+    embed_shards(
+        model, processor, dataset, args.output_dir, args.shard_size, args.batch_size, args.num_workers, accelerator
+    )
     if not accelerator.is_main_process:
         return None
     keep = [c for c in split.column_names if c != args.video_column] + [args.video_column]

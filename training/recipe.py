@@ -64,11 +64,14 @@ HEAD = {"temporal_head": "seqTransf", "temporal_head_input": "frozen"}
 # formulation, unchanged; its pixel-space prompter moves far too fast at 5e-3 (see docs), so it trains at the
 # authors' 1e-3 with the prompters at a tenth of it.
 RECIPES: dict[str, Recipe] = {
-    "paper": Recipe(model_options={"variant": "paper", "num_frames": 8, "max_words": 32, **HEAD},
-                    learning_rate=1e-3),
+    "paper": Recipe(model_options={"variant": "paper", "num_frames": 8, "max_words": 32, **HEAD}, learning_rate=1e-3),
     # A CPU training step of the official variant costs ~1.8x the paper variant's: 2 epochs fit the same time.
-    "official": Recipe(model_options={"variant": "official", "num_frames": 8, "max_words": 32, **HEAD},
-                       learning_rate=1e-3, prompter_lr_multiplier=0.1, num_train_epochs=2),
+    "official": Recipe(
+        model_options={"variant": "official", "num_frames": 8, "max_words": 32, **HEAD},
+        learning_rate=1e-3,
+        prompter_lr_multiplier=0.1,
+        num_train_epochs=2,
+    ),
 }
 DEFAULT_VARIANT = "paper"
 
@@ -128,14 +131,23 @@ def _group_of(qualified_name: str) -> str:
     return "prompts"
 
 
-def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, head_lr_multiplier: float = 1.0,
-                     prompter_lr_multiplier: float = 1.0, trainable=None) -> list[dict]:
+def parameter_groups(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    head_lr_multiplier: float = 1.0,
+    prompter_lr_multiplier: float = 1.0,
+    trainable=None,
+) -> list[dict]:
     """Trainable parameters by (group, decay): `prompts` (generator, global prompts, adapters, frame positions) at
     `learning_rate`, `head` (temporal head and gate) and `prompters` (spatial / temporal prompters) at their
     multiples; no weight decay on biases, norms, PReLU slopes, prompt and position embeddings. `trainable`: a set
     of parameter ids to restrict to (default: every parameter with requires_grad)."""
-    rates = {"prompts": learning_rate, "head": learning_rate * head_lr_multiplier,
-             "prompters": learning_rate * prompter_lr_multiplier}
+    rates = {
+        "prompts": learning_rate,
+        "head": learning_rate * head_lr_multiplier,
+        "prompters": learning_rate * prompter_lr_multiplier,
+    }
     buckets: dict[tuple[str, bool], list] = {}
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
@@ -144,16 +156,23 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
             qualified = f"{module_name}.{name}" if module_name else name
             key = (_group_of(qualified), _is_no_decay(module, name, param))
             buckets.setdefault(key, []).append(param)
-    return [{"params": params, "lr": rates[group], "weight_decay": 0.0 if no_decay else weight_decay,
-             "group_name": f"{group}{'/no_decay' if no_decay else ''}"}
-            for (group, no_decay), params in sorted(buckets.items())]
+    return [
+        {
+            "params": params,
+            "lr": rates[group],
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "group_name": f"{group}{'/no_decay' if no_decay else ''}",
+        }
+        for (group, no_decay), params in sorted(buckets.items())
+    ]
 
 
 def build_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
     if getattr(args, "optimizer", "adamw") == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon)
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -171,8 +190,11 @@ def head_stage_steps(args, recipe: Recipe, num_train_videos: int) -> int:
 
 def wants_head_stage(model) -> bool:
     """A STOP model (prompts in the backbone) whose temporal head reads frozen frame features."""
-    return (model.temporal_head is not None and not model.uses_frozen_frame_features
-            and model.config.temporal_head_input == "frozen")
+    return (
+        model.temporal_head is not None
+        and not model.uses_frozen_frame_features
+        and model.config.temporal_head_input == "frozen"
+    )
 
 
 def head_stage_parameters(model, train_text: bool) -> list[nn.Parameter]:
@@ -187,16 +209,22 @@ def _tokenize(processor, texts: list[str], device) -> dict:
     end token (padding, postfix prompts) never reach its feature, so the features equal the padded ones."""
     inputs = processor(text=texts, padding="max_length", return_tensors="pt")
     length = int(inputs["attention_mask"].sum(-1).max())
-    return {"input_ids": inputs["input_ids"][:, :length].to(device),
-            "attention_mask": inputs["attention_mask"][:, :length].to(device)}
+    return {
+        "input_ids": inputs["input_ids"][:, :length].to(device),
+        "attention_mask": inputs["attention_mask"][:, :length].to(device),
+    }
 
 
 @torch.no_grad()
 def _text_table(model, processor, captions: list[list[str]], device, batch_size: int = 256):
     """Normalised features of every caption (stage 1 without the text side: the text tower is fixed)."""
     flat = sorted({c for cs in captions for c in cs})
-    features = torch.cat([F.normalize(model.get_text_features(**_tokenize(processor, flat[i:i + batch_size], device)),
-                                      dim=-1) for i in range(0, len(flat), batch_size)])
+    features = torch.cat(
+        [
+            F.normalize(model.get_text_features(**_tokenize(processor, flat[i : i + batch_size], device)), dim=-1)
+            for i in range(0, len(flat), batch_size)
+        ]
+    )
     return {c: i for i, c in enumerate(flat)}, features
 
 
@@ -206,23 +234,37 @@ def _caption_lists(dataset: VideoTextDataset) -> list[list[str]]:
 
 
 @torch.no_grad()
-def evaluate_on_cache(model, processor, dataset: VideoTextDataset, cache: FrameFeatureCache, metric,
-                      device, batch_size: int = 256) -> dict:
+def evaluate_on_cache(
+    model, processor, dataset: VideoTextDataset, cache: FrameFeatureCache, metric, device, batch_size: int = 256
+) -> dict:
     """The retrieval metrics of `train.evaluate_retrieval` with the head over cached frozen frame features (the
     video feature of stage 1)."""
     was_training = model.training
     model.eval()
     valid = (cache.video_mask.sum(-1) > 0).nonzero().flatten()
-    video = torch.cat([F.normalize(model.temporal_head(cache.features[valid[i:i + batch_size]].to(device),
-                                                       cache.video_mask[valid[i:i + batch_size]].to(device)), dim=-1)
-                       for i in range(0, len(valid), batch_size)]).float().cpu()
+    video = (
+        torch.cat(
+            [
+                F.normalize(
+                    model.temporal_head(
+                        cache.features[valid[i : i + batch_size]].to(device),
+                        cache.video_mask[valid[i : i + batch_size]].to(device),
+                    ),
+                    dim=-1,
+                )
+                for i in range(0, len(valid), batch_size)
+            ]
+        )
+        .float()
+        .cpu()
+    )
     indices = valid.numpy()
     position = {int(index): i for i, index in enumerate(indices)}
     texts, text_to_video = dataset.captions()
     keep = [t for t, v in enumerate(text_to_video) if v in position]
     text = []
     for i in range(0, len(keep), batch_size):
-        inputs = _tokenize(processor, [texts[t] for t in keep[i:i + batch_size]], device)
+        inputs = _tokenize(processor, [texts[t] for t in keep[i : i + batch_size]], device)
         text.append(F.normalize(model.get_text_features(**inputs).float(), dim=-1).cpu())
     sim = (torch.cat(text) @ video.t()).numpy()
     targets = [position[text_to_video[t]] for t in keep]
@@ -238,9 +280,21 @@ def selection_score(results: dict) -> float:
     return results["t2v_R@1"] + 100.0 * (results.get("pair_accuracy", 0.5) - 0.5)
 
 
-def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dataset: VideoTextDataset | None,
-                     args, recipe: Recipe, metric, device, log=print, write_record=None, cache_dir=None,
-                     num_workers: int = 0, disable_progress: bool = False) -> dict:
+def train_head_stage(
+    model,
+    processor,
+    train_dataset: VideoTextDataset,
+    eval_dataset: VideoTextDataset | None,
+    args,
+    recipe: Recipe,
+    metric,
+    device,
+    log=print,
+    write_record=None,
+    cache_dir=None,
+    num_workers: int = 0,
+    disable_progress: bool = False,
+) -> dict:
     """Stage 1, in place: the temporal head (+ text side) trained with InfoNCE on cached frozen frame features;
     the best state on `eval_dataset` (`selection_score`) is kept. Returns a summary."""
     start = time.time()
@@ -254,19 +308,27 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
             frozen_state[name] = param
             param.requires_grad_(False)
     model.to(device)
-    train_cache = FrameFeatureCache.build(model, train_dataset, args.per_device_eval_batch_size, num_workers,
-                                          cache_dir, device, disable_progress)
-    eval_cache = (FrameFeatureCache.build(model, eval_dataset, args.per_device_eval_batch_size, num_workers,
-                                          cache_dir, device, disable_progress) if eval_dataset is not None else None)
+    train_cache = FrameFeatureCache.build(
+        model, train_dataset, args.per_device_eval_batch_size, num_workers, cache_dir, device, disable_progress
+    )
+    eval_cache = (
+        FrameFeatureCache.build(
+            model, eval_dataset, args.per_device_eval_batch_size, num_workers, cache_dir, device, disable_progress
+        )
+        if eval_dataset is not None
+        else None
+    )
     cache_time = time.time() - start
     captions = _caption_lists(train_dataset)
     valid = (train_cache.video_mask.sum(-1) > 0).nonzero().flatten()
     batch_size = min(args.head_stage_batch_size, len(valid))
     groups = parameter_groups(model, args.head_stage_learning_rate, args.weight_decay, trainable=trainable)
-    optimizer = torch.optim.AdamW(groups, lr=args.head_stage_learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(round(args.warmup_ratio * steps)),
-                              num_training_steps=steps)
+    optimizer = torch.optim.AdamW(
+        groups, lr=args.head_stage_learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=int(round(args.warmup_ratio * steps)), num_training_steps=steps
+    )
     generator = torch.Generator().manual_seed(args.seed)
     logit_scale = model.clip.logit_scale.exp().detach()
     text_table = None if train_text else _text_table(model, processor, captions, device)
@@ -279,13 +341,20 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
             return
         results = evaluate_on_cache(model, processor, eval_dataset, eval_cache, metric, device)
         key = (selection_score(results), results["t2v_R@1"], results.get("pair_accuracy", 0.0))
-        record = {"split": "head_stage_validation", "step": step, "t2v_R@1": results["t2v_R@1"],
-                  "pair_accuracy": results.get("pair_accuracy"), "time": round(time.time() - start, 2)}
+        record = {
+            "split": "head_stage_validation",
+            "step": step,
+            "t2v_R@1": results["t2v_R@1"],
+            "pair_accuracy": results.get("pair_accuracy"),
+            "time": round(time.time() - start, 2),
+        }
         history.append(record)
         if write_record is not None:
             write_record(record)
-        log(f"head stage step {step}: validation t2v_R@1={results['t2v_R@1']:.4g} "
-            f"pair_accuracy={results.get('pair_accuracy', float('nan')):.4g}")
+        log(
+            f"head stage step {step}: validation t2v_R@1={results['t2v_R@1']:.4g} "
+            f"pair_accuracy={results.get('pair_accuracy', float('nan')):.4g}"
+        )
         if best_key is None or key > best_key:
             best_key, best_step = key, step
             best = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in trainable}
@@ -295,8 +364,10 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
     for step in range(1, steps + 1):
         chosen = valid[torch.randperm(len(valid), generator=generator)[:batch_size]]
         texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=generator))] for i in chosen.tolist()]
-        video = F.normalize(model.temporal_head(train_cache.features[chosen].to(device),
-                                                train_cache.video_mask[chosen].to(device)), dim=-1)
+        video = F.normalize(
+            model.temporal_head(train_cache.features[chosen].to(device), train_cache.video_mask[chosen].to(device)),
+            dim=-1,
+        )
         if text_table is None:
             text = F.normalize(model.get_text_features(**_tokenize(processor, texts, device)), dim=-1)
         else:
@@ -305,8 +376,10 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
         targets = torch.arange(len(chosen), device=device)
         loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"head stage step {step}: non-finite loss {loss.item()} (lower "
-                                     f"--head_stage_learning_rate, now {args.head_stage_learning_rate})")
+            raise FloatingPointError(
+                f"head stage step {step}: non-finite loss {loss.item()} (lower "
+                f"--head_stage_learning_rate, now {args.head_stage_learning_rate})"
+            )
         optimizer.zero_grad()
         loss.backward()
         if args.max_grad_norm > 0:
@@ -315,8 +388,15 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
         scheduler.step()
         losses.append(loss.item())
         if write_record is not None and (step % args.logging_steps == 0 or step == steps):
-            write_record({"split": "head_stage_train", "step": step, "loss": float(np.mean(losses[-args.logging_steps:])),
-                          "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start, 2)})
+            write_record(
+                {
+                    "split": "head_stage_train",
+                    "step": step,
+                    "loss": float(np.mean(losses[-args.logging_steps :])),
+                    "lr": scheduler.get_last_lr()[0],
+                    "time": round(time.time() - start, 2),
+                }
+            )
         if step % recipe.head_stage_eval_every == 0 or step == steps:
             consider(step)
     with torch.no_grad():
@@ -325,13 +405,20 @@ def train_head_stage(model, processor, train_dataset: VideoTextDataset, eval_dat
                 param.copy_(best[name])
     for param in frozen_state.values():
         param.requires_grad_(True)
-    summary = {"head_stage_steps": steps, "head_stage_best_step": best_step, "head_stage_batch_size": batch_size,
-               "head_stage_cache_time": round(cache_time, 2), "head_stage_runtime": round(time.time() - start, 2),
-               "head_stage_text": train_text}
+    summary = {
+        "head_stage_steps": steps,
+        "head_stage_best_step": best_step,
+        "head_stage_batch_size": batch_size,
+        "head_stage_cache_time": round(cache_time, 2),
+        "head_stage_runtime": round(time.time() - start, 2),
+        "head_stage_text": train_text,
+    }
     if best_key is not None:
         summary.update({"head_stage_val_t2v_R@1": best_key[1], "head_stage_val_pair_accuracy": best_key[2]})
-    log(f"head stage: {steps} steps in {summary['head_stage_runtime']:.1f} s (cache {cache_time:.1f} s), "
-        f"best at step {best_step}")
+    log(
+        f"head stage: {steps} steps in {summary['head_stage_runtime']:.1f} s (cache {cache_time:.1f} s), "
+        f"best at step {best_step}"
+    )
     return summary
 
 
@@ -369,6 +456,18 @@ def first_batch(dataset: VideoTextDataset, collator, batch_size: int, device) ->
     raise ValueError("no training video could be decoded for the temporal gate's reference batch")
 
 
-__all__ = ["RECIPES", "Recipe", "recipe_for", "resolve_args", "parameter_groups", "build_optimizer",
-           "train_head_stage", "init_temporal_gate", "head_stage_steps", "wants_head_stage", "warmup_steps",
-           "first_batch", "evaluate_on_cache"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "recipe_for",
+    "resolve_args",
+    "parameter_groups",
+    "build_optimizer",
+    "train_head_stage",
+    "init_temporal_gate",
+    "head_stage_steps",
+    "wants_head_stage",
+    "warmup_steps",
+    "first_batch",
+    "evaluate_on_cache",
+]

@@ -81,9 +81,13 @@ def _cast_videos(dataset):
     return dataset
 
 
-def load_streaming_dataset(dataset_name: str, dataset_config_name: str | None = None, video_column: str = "video",
-                           caption_column: str | None = "caption", label_column: str | None = None,
-                           ) -> tuple[IterableDataset, DatasetDict]:
+def load_streaming_dataset(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    video_column: str = "video",
+    caption_column: str | None = "caption",
+    label_column: str | None = None,
+) -> tuple[IterableDataset, DatasetDict]:
     """`(train IterableDataset, map-style DatasetDict of the validation / test splits there are)`.
 
     A local folder with `.tar` shards is read as WebDataset; another local folder (videofolder, CSV / JSON) or a
@@ -93,15 +97,19 @@ def load_streaming_dataset(dataset_name: str, dataset_config_name: str | None = 
     shards = webdataset_shards(path) if path.is_dir() else {}
     if shards:
         if "train" not in shards:
-            raise ValueError(f"--dataset_name {dataset_name}: found WebDataset shards for {sorted(shards)} but none "
-                             "for train (train/*.tar or train-*.tar)")
+            raise ValueError(
+                f"--dataset_name {dataset_name}: found WebDataset shards for {sorted(shards)} but none "
+                "for train (train/*.tar or train-*.tar)"
+            )
         train = load_dataset("webdataset", data_files={"train": shards["train"]}, split="train", streaming=True)
         evals = {}
         for split in ("validation", "test"):
             if split in shards:
                 ds = load_dataset("webdataset", data_files={split: shards[split]}, split=split)
-                ds = _cast_videos(ds).map(lambda row: flatten_row(row, video_column),
-                                          remove_columns=[c for c in ("json", "txt") if c in ds.column_names])
+                ds = _cast_videos(ds).map(
+                    lambda row: flatten_row(row, video_column),
+                    remove_columns=[c for c in ("json", "txt") if c in ds.column_names],
+                )
                 evals[split] = ds
         return _cast_videos(train), DatasetDict(evals)
     if path.exists():
@@ -117,8 +125,9 @@ def load_streaming_dataset(dataset_name: str, dataset_config_name: str | None = 
     eval_names = [n for split in ("validation", "test") for n in SPLIT_ALIASES[split] if n in streamed]
     evals = DatasetDict()
     if eval_names:
-        full = load_video_text_dataset(dataset_name, dataset_config_name, **columns,
-                                       hub_splits=None if path.exists() else eval_names)
+        full = load_video_text_dataset(
+            dataset_name, dataset_config_name, **columns, hub_splits=None if path.exists() else eval_names
+        )
         evals = DatasetDict({k: v for k, v in full.items() if k != "train"})
     return _cast_videos(streamed[train_name]), evals
 
@@ -136,9 +145,17 @@ class StreamSampler(Sampler):
         video_column / caption_column: rows are flattened (`flatten_row`) and their captions checked.
     """
 
-    def __init__(self, stream: IterableDataset, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 seed: int = 0, buffer_size: int = 1000, video_column: str = "video",
-                 caption_column: str | None = "caption"):
+    def __init__(
+        self,
+        stream: IterableDataset,
+        batch_size: int,
+        num_processes: int = 1,
+        process_index: int = 0,
+        seed: int = 0,
+        buffer_size: int = 1000,
+        video_column: str = "video",
+        caption_column: str | None = "caption",
+    ):
         self.stream, self.batch_size = stream, batch_size
         self.num_processes, self.process_index = num_processes, process_index
         self.seed, self.buffer_size = seed, buffer_size
@@ -149,8 +166,9 @@ class StreamSampler(Sampler):
         self.epoch = epoch
 
     def _rows(self):
-        stream = self.stream.shuffle(seed=self.seed, buffer_size=self.buffer_size) if self.buffer_size > 0 \
-            else self.stream
+        stream = (
+            self.stream.shuffle(seed=self.seed, buffer_size=self.buffer_size) if self.buffer_size > 0 else self.stream
+        )
         stream.set_epoch(self.epoch)
         return stream
 
@@ -171,14 +189,18 @@ class StreamSampler(Sampler):
 
     def _checked(self, row: dict, position: int) -> dict:
         if self.video_column not in row:
-            raise ValueError(f"Streamed row {position} ({row.get('__url__', '')} {row.get('__key__', '')}) has no "
-                             f"video column {self.video_column!r}; its columns are {sorted(row)}. Pass --video_column")
+            raise ValueError(
+                f"Streamed row {position} ({row.get('__url__', '')} {row.get('__key__', '')}) has no "
+                f"video column {self.video_column!r}; its columns are {sorted(row)}. Pass --video_column"
+            )
         if self.caption_column is not None:
             problem = caption_problem(row.get(self.caption_column))
             if problem is not None:
-                raise ValueError(f"Streamed row {position} of the train split ({row.get('__url__', '')} "
-                                 f"{row.get('__key__', '')}) has {problem} in column {self.caption_column!r}: "
-                                 f"{CAPTION_FIX}")
+                raise ValueError(
+                    f"Streamed row {position} of the train split ({row.get('__url__', '')} "
+                    f"{row.get('__key__', '')}) has {problem} in column {self.caption_column!r}: "
+                    f"{CAPTION_FIX}"
+                )
         return row
 
 
@@ -200,19 +222,35 @@ class StreamingVideoTextDataset(VideoTextDataset):
         value = row.get(self.video_column)
         name = value.get("path") if isinstance(value, dict) else None
         where = " ".join(str(x) for x in (row.get("__url__"), row.get("__key__")) if x)
-        return {**out, "error": out["error"] if (name and name in out["error"]) or not where
-                else f"{where}: {out['error']}"}
+        return {
+            **out,
+            "error": out["error"] if (name and name in out["error"]) or not where else f"{where}: {out['error']}",
+        }
 
 
 class StreamingDataLoader:
     """A DataLoader over a `StreamSampler`, moving batches to `device`; `skip(n)` makes the next pass start after
     the first `n` batches of the epoch (exact resume)."""
 
-    def __init__(self, dataset: StreamingVideoTextDataset, sampler: StreamSampler, collate_fn, batch_size: int,
-                 num_workers: int = 0, device=None, seed: int = 0):
+    def __init__(
+        self,
+        dataset: StreamingVideoTextDataset,
+        sampler: StreamSampler,
+        collate_fn,
+        batch_size: int,
+        num_workers: int = 0,
+        device=None,
+        seed: int = 0,
+    ):
         self.sampler, self.device = sampler, device
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                                 num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def set_epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
@@ -226,17 +264,46 @@ class StreamingDataLoader:
             yield send_to_device(batch, self.device) if self.device is not None else batch
 
 
-def build_streaming_dataloader(stream: IterableDataset, video_processor, collate_fn, batch_size: int,
-                               num_processes: int = 1, process_index: int = 0, seed: int = 0,
-                               buffer_size: int = 1000, num_workers: int = 0, device=None, sampling="uniform",
-                               video_column="video", caption_column="caption", label_column=None,
-                               label_names=None) -> tuple[StreamingVideoTextDataset, StreamingDataLoader]:
+def build_streaming_dataloader(
+    stream: IterableDataset,
+    video_processor,
+    collate_fn,
+    batch_size: int,
+    num_processes: int = 1,
+    process_index: int = 0,
+    seed: int = 0,
+    buffer_size: int = 1000,
+    num_workers: int = 0,
+    device=None,
+    sampling="uniform",
+    video_column="video",
+    caption_column="caption",
+    label_column=None,
+    label_names=None,
+) -> tuple[StreamingVideoTextDataset, StreamingDataLoader]:
     """The training dataset and loader of a streamed train split (see the module docstring)."""
-    dataset = StreamingVideoTextDataset(stream, video_processor, video_column=video_column,
-                                        caption_column=caption_column, label_column=label_column,
-                                        label_names=label_names, training=True, sampling=sampling, seed=seed)
-    sampler = StreamSampler(stream, batch_size, num_processes, process_index, seed=seed, buffer_size=buffer_size,
-                            video_column=video_column, caption_column=caption_column)
-    loader = StreamingDataLoader(dataset, sampler, collate_fn, batch_size, num_workers=num_workers, device=device,
-                                 seed=seed)
+    dataset = StreamingVideoTextDataset(
+        stream,
+        video_processor,
+        video_column=video_column,
+        caption_column=caption_column,
+        label_column=label_column,
+        label_names=label_names,
+        training=True,
+        sampling=sampling,
+        seed=seed,
+    )
+    sampler = StreamSampler(
+        stream,
+        batch_size,
+        num_processes,
+        process_index,
+        seed=seed,
+        buffer_size=buffer_size,
+        video_column=video_column,
+        caption_column=caption_column,
+    )
+    loader = StreamingDataLoader(
+        dataset, sampler, collate_fn, batch_size, num_workers=num_workers, device=device, seed=seed
+    )
     return dataset, loader

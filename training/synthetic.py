@@ -132,8 +132,18 @@ class Track:
         centre, end_centre = swap(self.centre, self.end_centre)
         radius, end_radius = swap(self.radius, self.end_radius)
         opacity, end_opacity = swap(self.opacity, self.end_opacity)
-        return Track(self.shape, colour, centre, radius, end_colour, end_centre, end_radius, opacity, end_opacity,
-                     (1.0 - self.visible[1], 1.0 - self.visible[0]))
+        return Track(
+            self.shape,
+            colour,
+            centre,
+            radius,
+            end_colour,
+            end_centre,
+            end_radius,
+            opacity,
+            end_opacity,
+            (1.0 - self.visible[1], 1.0 - self.visible[0]),
+        )
 
 
 @dataclass(frozen=True)
@@ -284,9 +294,14 @@ def sample_background(rng):
     grey = rng.uniform(70, 170)
     base = tuple(float(np.clip(grey + rng.uniform(-18, 18), 0, 255)) for _ in range(3))
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    return Background(kind=kind, base=base, contrast=0.0 if kind == "plain" else float(rng.uniform(8, 28)),
-                      angle=float(rng.uniform(0, np.pi)), period=float(rng.uniform(0.12, 0.4)),
-                      seed=int(rng.integers(2**31)))
+    return Background(
+        kind=kind,
+        base=base,
+        contrast=0.0 if kind == "plain" else float(rng.uniform(8, 28)),
+        angle=float(rng.uniform(0, np.pi)),
+        period=float(rng.uniform(0.12, 0.4)),
+        seed=int(rng.integers(2**31)),
+    )
 
 
 def _other(rng, options, exclude):
@@ -422,13 +437,19 @@ def describe_clip(spec):
     if spec.motion == "slide":
         right = s.end_centre[0] > s.centre[0]
         to, frm = ("right", "left") if right else ("left", "right")
-        return f"moving {to}", [f"{an(obj)} moving {to}", f"{an(obj)} slides to the {to}",
-                                f"{an(obj)} moves from the {frm} to the {to}"]
+        return f"moving {to}", [
+            f"{an(obj)} moving {to}",
+            f"{an(obj)} slides to the {to}",
+            f"{an(obj)} moves from the {frm} to the {to}",
+        ]
     if spec.motion == "fall_rise":
         down = s.end_centre[1] > s.centre[1]
         if down:
-            return "moving down", [f"{an(obj)} moving down", f"{an(obj)} falls",
-                                   f"{an(obj)} moves from the top to the bottom"]
+            return "moving down", [
+                f"{an(obj)} moving down",
+                f"{an(obj)} falls",
+                f"{an(obj)} moves from the top to the bottom",
+            ]
         return "moving up", [f"{an(obj)} moving up", f"{an(obj)} rises", f"{an(obj)} moves from the bottom to the top"]
     if spec.motion == "grow_shrink":
         if s.end_radius > s.radius:
@@ -440,8 +461,11 @@ def describe_clip(spec):
         return "fading out", [f"{an(obj)} fading out", f"{an(obj)} slowly disappears", f"{an(obj)} fades away"]
     if spec.motion == "colour_change":
         a, b = s.colour, s.end_colour
-        return f"turning {b}", [f"a {s.shape} turning from {a} to {b}", f"a {a} {s.shape} turns {b}",
-                                f"a {s.shape} changes colour from {a} to {b}"]
+        return f"turning {b}", [
+            f"a {s.shape} turning from {a} to {b}",
+            f"a {a} {s.shape} turns {b}",
+            f"a {s.shape} changes colour from {a} to {b}",
+        ]
     if spec.motion == "sequence":
         first, second = sorted(spec.subjects, key=lambda track: track.visible[0])
         side = lambda track: "left" if track.centre[0] < 0.5 else "right"  # noqa: E731
@@ -473,8 +497,17 @@ def write_video(path, frames, fps=8, crf=18):
         container.mux(stream.encode())
 
 
-def write_benchmark(output_dir, seed=0, num_train=600, num_validation=100, num_test=100, num_frames=16, size=64,
-                    fps=8, distractor_prob=0.75):
+def write_benchmark(
+    output_dir,
+    seed=0,
+    num_train=600,
+    num_validation=100,
+    num_test=100,
+    num_frames=16,
+    size=64,
+    fps=8,
+    distractor_prob=0.75,
+):
     """Write the reversed-twin benchmark as a `videofolder` dataset; returns {split: number of clips}.
 
     Every split holds whole pairs, with the motion kinds balanced. Each clip is drawn from its own random stream
@@ -502,8 +535,17 @@ def write_benchmark(output_dir, seed=0, num_train=600, num_validation=100, num_t
                 label, captions = describe_clip(clip_spec)
                 file_name = f"{pair:05d}{suffix}.mp4"
                 write_video(split_dir / file_name, clip_frames, fps)
-                rows.append({"file_name": file_name, "caption": captions[0], "captions": captions, "label": label,
-                             "pair_id": f"{split}-{pair:05d}", "motion": spec.motion, "reversed": suffix == "b"})
+                rows.append(
+                    {
+                        "file_name": file_name,
+                        "caption": captions[0],
+                        "captions": captions,
+                        "label": label,
+                        "pair_id": f"{split}-{pair:05d}",
+                        "motion": spec.motion,
+                        "reversed": suffix == "b",
+                    }
+                )
         with open(split_dir / "metadata.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         counts[split] = len(rows)
@@ -553,8 +595,17 @@ def main():
     parser.add_argument("--distractor_prob", type=float, default=0.75, help="share of clips with a static object")
     args = parser.parse_args()
     start = time.perf_counter()
-    counts = write_benchmark(args.output_dir, args.seed, args.num_train, args.num_validation, args.num_test,
-                             args.num_frames, args.size, args.fps, args.distractor_prob)
+    counts = write_benchmark(
+        args.output_dir,
+        args.seed,
+        args.num_train,
+        args.num_validation,
+        args.num_test,
+        args.num_frames,
+        args.size,
+        args.fps,
+        args.distractor_prob,
+    )
     print(f"wrote {counts} to {args.output_dir} in {time.perf_counter() - start:.1f}s")
 
 

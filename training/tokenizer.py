@@ -47,8 +47,19 @@ def fetch_bpe_file(cache_dir=DEFAULT_CACHE):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-               "open_clip_torch", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "open_clip_torch",
+            "-d",
+            tmp,
+        ]
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as err:

@@ -65,6 +65,7 @@ from modeling_stop import STOPConfig, STOPModel  # noqa: E402
 from modeling_stop.modeling_stop import clip_loss  # noqa: E402
 from modeling_stop.pipelines import register_pipelines  # noqa: E402
 from modeling_stop.processing_stop import STOPProcessor  # noqa: E402
+from training import recipe as training_recipe  # noqa: E402
 from training.data import (  # noqa: E402
     VideoTextCollator,
     VideoTextDataset,
@@ -74,9 +75,8 @@ from training.data import (  # noqa: E402
     split_pair_accuracy,
 )
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
-from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
-from training import recipe as training_recipe  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
+from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
 from training.synthetic import DEFAULT_CLIP  # noqa: E402
 
 logger = get_logger(__name__)
@@ -91,93 +91,163 @@ STATE_FILE = "training_state.json"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Data
-    parser.add_argument("--dataset_name", required=True,
-                        help="a Hub dataset id, or a local videofolder / CSV / JSON folder")
+    parser.add_argument(
+        "--dataset_name", required=True, help="a Hub dataset id, or a local videofolder / CSV / JSON folder"
+    )
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--video_column", default="video")
     parser.add_argument("--caption_column", default="caption", help="a string or a list of strings per video")
     parser.add_argument("--label_column", default="label", help="ClassLabel or string labels (classification)")
     parser.add_argument("--max_train_samples", type=int, default=None, help="truncate the train split (debugging)")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="truncate validation and test")
-    parser.add_argument("--frame_sampling", choices=["uniform", "random"], default="uniform",
-                        help="training frames: segment centres, or a random frame per segment (evaluation: uniform)")
-    parser.add_argument("--preprocessing_num_workers", type=int, default=None,
-                        help="processes resolving the video paths of CSV / JSON datasets")
+    parser.add_argument(
+        "--frame_sampling",
+        choices=["uniform", "random"],
+        default="uniform",
+        help="training frames: segment centres, or a random frame per segment (evaluation: uniform)",
+    )
+    parser.add_argument(
+        "--preprocessing_num_workers",
+        type=int,
+        default=None,
+        help="processes resolving the video paths of CSV / JSON datasets",
+    )
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader processes decoding videos")
-    parser.add_argument("--feature_cache", choices=["auto", "off"], default="auto",
-                        help="auto: when every trainable module sits after the frozen backbone (frozen CLIP + temporal "
-                             "head) and frames are sampled uniformly, compute the frozen frame features once and train "
-                             "on them (same loss, many times faster)")
+    parser.add_argument(
+        "--feature_cache",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: when every trainable module sits after the frozen backbone (frozen CLIP + temporal "
+        "head) and frames are sampled uniformly, compute the frozen frame features once and train "
+        "on them (same loss, many times faster)",
+    )
     parser.add_argument("--feature_cache_dir", default=None, help="also keep the frame-feature cache on disk here")
-    parser.add_argument("--max_bad_video_fraction", type=float, default=0.5,
-                        help="stop (non-zero exit, files named) when more than this share of an epoch's training "
-                             "videos fail to decode")
-    parser.add_argument("--streaming", action="store_true",
-                        help="stream the train split (Hub dataset, or local WebDataset .tar shards); needs "
-                             "--max_train_steps")
-    parser.add_argument("--shuffle_buffer_size", type=int, default=1000,
-                        help="--streaming: rows of the (deterministic, per-epoch seeded) shuffle buffer; 0: stream order")
+    parser.add_argument(
+        "--max_bad_video_fraction",
+        type=float,
+        default=0.5,
+        help="stop (non-zero exit, files named) when more than this share of an epoch's training videos fail to decode",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the train split (Hub dataset, or local WebDataset .tar shards); needs --max_train_steps",
+    )
+    parser.add_argument(
+        "--shuffle_buffer_size",
+        type=int,
+        default=1000,
+        help="--streaming: rows of the (deterministic, per-epoch seeded) shuffle buffer; 0: stream order",
+    )
     # Task
     parser.add_argument("--task", choices=["retrieval", "classification"], default="retrieval")
     parser.add_argument("--label_template", default="a video of {label}", help="class name -> text (classification)")
     # Model
-    parser.add_argument("--model_name_or_path", default=str(DEFAULT_CLIP),
-                        help="a STOP checkpoint, or a CLIP checkpoint to start a new STOP model from "
-                             "(default: the embedded synthetic backbone)")
-    parser.add_argument("--variant", choices=["official", "paper"], default=None,
-                        help="new models: STOP variant (default paper: fast on CPU)")
+    parser.add_argument(
+        "--model_name_or_path",
+        default=str(DEFAULT_CLIP),
+        help="a STOP checkpoint, or a CLIP checkpoint to start a new STOP model from "
+        "(default: the embedded synthetic backbone)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=["official", "paper"],
+        default=None,
+        help="new models: STOP variant (default paper: fast on CPU)",
+    )
     parser.add_argument("--prompt_generator", choices=["transformer", "linear"], default=None)
     parser.add_argument("--num_frames", type=int, default=None, help="new models: frames per video (default 8)")
     parser.add_argument("--max_words", type=int, default=None, help="new models: tokens per caption (default 32)")
     parser.add_argument("--frame_weight_norm", choices=["batch", "video"], default=None)
     parser.add_argument("--mask_layout", choices=["official", "patch"], default=None)
-    parser.add_argument("--stop_config_overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="any STOPConfig field of a new model, e.g. prompter_dropout=0.0 temporal_head=seqTransf")
+    parser.add_argument(
+        "--stop_config_overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any STOPConfig field of a new model, e.g. prompter_dropout=0.0 temporal_head=seqTransf",
+    )
     # Optimisation
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=32)
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    parser.add_argument("--learning_rate", type=float, default=None,
-                        help="the prompts' learning rate (default: the variant's recipe, training/recipe.py)")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="the prompts' learning rate (default: the variant's recipe, training/recipe.py)",
+    )
     parser.add_argument("--head_lr_multiplier", type=float, default=None, help="temporal head lr / --learning_rate")
-    parser.add_argument("--prompter_lr_multiplier", type=float, default=None,
-                        help="spatial and temporal prompters' lr / --learning_rate")
+    parser.add_argument(
+        "--prompter_lr_multiplier",
+        type=float,
+        default=None,
+        help="spatial and temporal prompters' lr / --learning_rate",
+    )
     parser.add_argument("--weight_decay", type=float, default=None, help="default: the recipe's (0.2, the authors')")
     parser.add_argument("--adam_beta1", type=float, default=None, help="default: the recipe's (0.9)")
     parser.add_argument("--adam_beta2", type=float, default=None, help="default: the recipe's (0.98, the authors')")
     parser.add_argument("--adam_epsilon", type=float, default=None, help="default: the recipe's (1e-6, the authors')")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    parser.add_argument("--num_train_epochs", type=int, default=None, help="default: the recipe's (paper 3, official 2)")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=None, help="default: the recipe's (paper 3, official 2)"
+    )
     parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--lr_scheduler_type", default="cosine",
-                        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                 "constant_with_warmup"])
+    parser.add_argument(
+        "--lr_scheduler_type",
+        default="cosine",
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    )
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute vision blocks in backward")
     parser.add_argument("--num_warmup_steps", type=int, default=None, help="default: --warmup_ratio of the steps")
     parser.add_argument("--warmup_ratio", type=float, default=None, help="default: the recipe's (0.1)")
     # Stage 1 of the recipe: the temporal head (and the text side) on cached frozen frame features
-    parser.add_argument("--head_stage_steps", type=int, default=None,
-                        help="steps of stage 1 for new STOP models with a temporal head on frozen features (default: "
-                             "the recipe's, scaled to the train split; 0 skips stage 1)")
+    parser.add_argument(
+        "--head_stage_steps",
+        type=int,
+        default=None,
+        help="steps of stage 1 for new STOP models with a temporal head on frozen features (default: "
+        "the recipe's, scaled to the train split; 0 skips stage 1)",
+    )
     parser.add_argument("--head_stage_learning_rate", type=float, default=None)
     parser.add_argument("--head_stage_batch_size", type=int, default=None)
-    parser.add_argument("--head_stage_text", type=lambda v: v.lower() in ("true", "1"), default=None,
-                        metavar="{true,false}", help="also train the prompt generator and text adapters in stage 1")
-    parser.add_argument("--temporal_gate_ratio", type=float, default=None,
-                        help="stage 2 starts with ||gate * head|| = ratio * ||STOP's own video feature||")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                        help="default: what `accelerate launch` / `accelerate config` set")
+    parser.add_argument(
+        "--head_stage_text",
+        type=lambda v: v.lower() in ("true", "1"),
+        default=None,
+        metavar="{true,false}",
+        help="also train the prompt generator and text adapters in stage 1",
+    )
+    parser.add_argument(
+        "--temporal_gate_ratio",
+        type=float,
+        default=None,
+        help="stage 2 starts with ||gate * head|| = ratio * ||STOP's own video feature||",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="default: what `accelerate launch` / `accelerate config` set",
+    )
     parser.add_argument("--seed", type=int, default=42)
     # Output, checkpoints, logging
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--checkpointing_steps", default=None, help="N (every N optimizer steps) or 'epoch'")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=2,
-                        help="keep only the newest N step/epoch checkpoints (0: keep all)")
-    parser.add_argument("--allow_changed_args", action="store_true",
-                        help="resume even when run-shaping arguments differ from the checkpoint's (with a warning; "
-                             "the data position is converted by samples seen)")
+    parser.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=2,
+        help="keep only the newest N step/epoch checkpoints (0: keep all)",
+    )
+    parser.add_argument(
+        "--allow_changed_args",
+        action="store_true",
+        help="resume even when run-shaping arguments differ from the checkpoint's (with a warning; "
+        "the data position is converted by samples seen)",
+    )
     parser.add_argument("--logging_steps", type=int, default=10, help="write the train loss every N steps")
     parser.add_argument("--with_tracking", action="store_true", help="also log through Accelerate's trackers")
     parser.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, ... or all")
@@ -248,8 +318,11 @@ def load_model_and_processor(args):
         check_safetensors_files(Path(args.model_name_or_path))
     config_dict, _ = PretrainedConfig.get_config_dict(args.model_name_or_path)
     if config_dict.get("model_type") == "stop":
-        new_options = [n for n in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm",
-                                   "mask_layout") if getattr(args, n) is not None] + args.stop_config_overrides
+        new_options = [
+            n
+            for n in ("variant", "prompt_generator", "num_frames", "max_words", "frame_weight_norm", "mask_layout")
+            if getattr(args, n) is not None
+        ] + args.stop_config_overrides
         if new_options:
             logger.warning(f"{args.model_name_or_path} is a STOP checkpoint: ignoring {new_options} (new models only)")
         model = STOPModel.from_pretrained(args.model_name_or_path)
@@ -415,9 +488,13 @@ class MetricsLog:
         of epochs it had not finished, the final test)."""
         if not self.enabled:
             return
-        kept = [r for r in self.records() if r["split"].startswith("head_stage")
-                or (r["split"] == "train" and r["step"] <= completed_steps)
-                or (r["split"] in ("validation", "skipped") and r["epoch"] <= completed_epochs)]
+        kept = [
+            r
+            for r in self.records()
+            if r["split"].startswith("head_stage")
+            or (r["split"] == "train" and r["step"] <= completed_steps)
+            or (r["split"] in ("validation", "skipped") and r["epoch"] <= completed_epochs)
+        ]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -434,8 +511,11 @@ def plot_training_curves(records: list[dict], path: Path, selection_metric: str)
     epochs = sorted({r["epoch"] for r in train})
     ax_loss.plot(epochs, [np.mean([r["loss"] for r in train if r["epoch"] == e]) for e in epochs], "o-")
     ax_loss.set(xlabel="epoch", ylabel="train loss (mean)", title="training loss")
-    keys = [selection_metric] + [k for k in ("v2t_R@1", "t2v_R@5", "top5_accuracy", "mean_class_accuracy")
-                                 if val and k in val[0] and k != selection_metric]
+    keys = [selection_metric] + [
+        k
+        for k in ("v2t_R@1", "t2v_R@5", "top5_accuracy", "mean_class_accuracy")
+        if val and k in val[0] and k != selection_metric
+    ]
     for key in keys:
         ax_val.plot([r["epoch"] for r in val], [r[key] for r in val], "o-", label=key)
     if val and "pair_accuracy" in val[0]:
@@ -449,9 +529,17 @@ def plot_training_curves(records: list[dict], path: Path, selection_metric: str)
     plt.close(fig)
 
 
-def write_model_card(output_dir, model_name: str, base_model: str | None, dataset_name: str, task: str,
-                     test_results: dict | None, config: STOPConfig, hyperparameters: dict | None = None,
-                     model_path: str | None = None):
+def write_model_card(
+    output_dir,
+    model_name: str,
+    base_model: str | None,
+    dataset_name: str,
+    task: str,
+    test_results: dict | None,
+    config: STOPConfig,
+    hyperparameters: dict | None = None,
+    model_path: str | None = None,
+):
     """`README.md` with YAML metadata (library, pipeline tag, tags, datasets, base model) and a `model-index` of the
     test metrics (huggingface_hub `ModelCardData` / `EvalResult`). The snippet loads `model_path` (the Hub id or the
     folder as given; default `model_name`)."""
@@ -460,13 +548,25 @@ def write_model_card(output_dir, model_name: str, base_model: str | None, datase
     dataset_id = Path(dataset_name).name if Path(dataset_name).exists() else dataset_name
     task_type = "text-to-video" if task == "retrieval" else "video-classification"
     eval_results = [
-        EvalResult(task_type=task_type, dataset_type=dataset_id, dataset_name=dataset_id, dataset_split="test",
-                   metric_type=key, metric_name=key, metric_value=float(value))
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_id,
+            dataset_name=dataset_id,
+            dataset_split="test",
+            metric_type=key,
+            metric_name=key,
+            metric_value=float(value),
+        )
         for key, value in (test_results or {}).items()
         if isinstance(value, (int, float)) and key != "num_failed"
     ]
-    tags = ["stop", "video", "clip", "prompt-tuning", "video-text-retrieval" if task == "retrieval" else
-            "video-classification"]
+    tags = [
+        "stop",
+        "video",
+        "clip",
+        "prompt-tuning",
+        "video-text-retrieval" if task == "retrieval" else "video-classification",
+    ]
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="feature-extraction" if task == "retrieval" else "video-classification",
@@ -601,8 +701,10 @@ def check_safetensors_files(folder: Path):
             with safe_open(str(file), "pt"):
                 pass
         except Exception as err:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"{file}: not a readable .safetensors file (truncated or corrupt? {err}). Save or "
-                             "download it again, or resume from another checkpoint") from err
+            raise ValueError(
+                f"{file}: not a readable .safetensors file (truncated or corrupt? {err}). Save or "
+                "download it again, or resume from another checkpoint"
+            ) from err
 
 
 class BadVideoGuard:
@@ -655,17 +757,40 @@ def abort_on_non_finite_loss(accelerator, loss: float, dataset, batch, step: int
     names = _video_names(dataset, batch["indices"].tolist())
     names = sorted(set(gather_object(names))) if accelerator.num_processes > 1 else names
     raise TrainingAborted(
-        f"step {step + 1}: the training loss is {loss}. Videos of the batch:\n  " + "\n  ".join(names)
+        f"step {step + 1}: the training loss is {loss}. Videos of the batch:\n  "
+        + "\n  ".join(names)
         + "\nLower --learning_rate, check these videos and the captions, or use --mixed_precision no"
     )
 
 
 # Arguments that shape the run: a resumed run that changes them would not continue the interrupted one.
-RUN_SHAPING_ARGS = ("dataset_name", "dataset_config_name", "video_column", "caption_column", "label_column",
-                    "max_train_samples", "frame_sampling", "task", "label_template", "model_name_or_path",
-                    "per_device_train_batch_size", "gradient_accumulation_steps", "optimizer", "learning_rate",
-                    "weight_decay", "max_grad_norm", "max_train_steps", "lr_scheduler_type", "num_warmup_steps",
-                    "seed", "streaming", "shuffle_buffer_size", "stop_config_overrides", "variant", "num_frames")
+RUN_SHAPING_ARGS = (
+    "dataset_name",
+    "dataset_config_name",
+    "video_column",
+    "caption_column",
+    "label_column",
+    "max_train_samples",
+    "frame_sampling",
+    "task",
+    "label_template",
+    "model_name_or_path",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "max_train_steps",
+    "lr_scheduler_type",
+    "num_warmup_steps",
+    "seed",
+    "streaming",
+    "shuffle_buffer_size",
+    "stop_config_overrides",
+    "variant",
+    "num_frames",
+)
 
 
 def run_shaping_args(args, num_processes: int) -> dict:
@@ -707,7 +832,9 @@ def report_eval_failures(accelerator, split: str, results: dict) -> dict:
     """Prints the videos of an evaluation that failed to decode; returns the numeric results (for trackers)."""
     failed = results.get("failed_videos") or []
     if failed:
-        accelerator.print(f"{split}: {len(failed)} videos failed to decode and were left out:\n  " + "\n  ".join(failed))
+        accelerator.print(
+            f"{split}: {len(failed)} videos failed to decode and were left out:\n  " + "\n  ".join(failed)
+        )
     return {k: v for k, v in results.items() if k != "failed_videos"}
 
 
@@ -722,19 +849,24 @@ def resumed_batches(accelerator, train_dataloader, skip: int):
 
 def load_splits(args, is_classification: bool):
     """`(streamed train split or None, DatasetDict)`: the map-style splits (with train unless streaming)."""
-    columns = {"video_column": args.video_column,
-               "caption_column": None if is_classification else args.caption_column,
-               "label_column": args.label_column if is_classification else None}
+    columns = {
+        "video_column": args.video_column,
+        "caption_column": None if is_classification else args.caption_column,
+        "label_column": args.label_column if is_classification else None,
+    }
     if args.streaming:
         stream, raw = load_streaming_dataset(args.dataset_name, args.dataset_config_name, **columns)
         if args.max_train_samples is not None:
             stream = stream.take(args.max_train_samples)
         if is_classification and not raw:
-            raise ValueError("--streaming --task classification reads the class names from the validation / test "
-                             f"splits, and {args.dataset_name} has neither")
+            raise ValueError(
+                "--streaming --task classification reads the class names from the validation / test "
+                f"splits, and {args.dataset_name} has neither"
+            )
         return stream, raw
-    raw = load_video_text_dataset(args.dataset_name, args.dataset_config_name, num_proc=args.preprocessing_num_workers,
-                                  **columns)
+    raw = load_video_text_dataset(
+        args.dataset_name, args.dataset_config_name, num_proc=args.preprocessing_num_workers, **columns
+    )
     if "train" not in raw:
         raise ValueError(f"{args.dataset_name} has no train split (splits: {list(raw)})")
     if args.max_train_samples is not None:
@@ -786,22 +918,49 @@ def main(argv=None):
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     recipe = training_recipe.resolve_args(args, model.config.variant)
-    columns = dict(video_column=args.video_column, caption_column=None if is_classification else args.caption_column,
-                   label_column=args.label_column if is_classification else None, label_names=labels)
-    train_dataset = None if args.streaming else VideoTextDataset(
-        raw["train"], processor.video_processor, training=True, sampling=args.frame_sampling, seed=args.seed, **columns)
-    eval_datasets = {split: VideoTextDataset(raw[split], processor.video_processor, **columns)
-                     for split in ("validation", "test") if split in raw}
+    columns = dict(
+        video_column=args.video_column,
+        caption_column=None if is_classification else args.caption_column,
+        label_column=args.label_column if is_classification else None,
+        label_names=labels,
+    )
+    train_dataset = (
+        None
+        if args.streaming
+        else VideoTextDataset(
+            raw["train"],
+            processor.video_processor,
+            training=True,
+            sampling=args.frame_sampling,
+            seed=args.seed,
+            **columns,
+        )
+    )
+    eval_datasets = {
+        split: VideoTextDataset(raw[split], processor.video_processor, **columns)
+        for split in ("validation", "test")
+        if split in raw
+    }
     collator = VideoTextCollator(processor)
     train_collator = collator
-    use_cache = (args.feature_cache == "auto" and model.uses_frozen_frame_features
-                 and args.frame_sampling == "uniform" and not args.streaming)
+    use_cache = (
+        args.feature_cache == "auto"
+        and model.uses_frozen_frame_features
+        and args.frame_sampling == "uniform"
+        and not args.streaming
+    )
     training_path = "cached frozen frame features" if use_cache else "end to end through the frozen backbone"
     logger.info(f"  Training path = {training_path}")
     if use_cache:
-        cache = FrameFeatureCache.build(model.to(accelerator.device), train_dataset, args.per_device_eval_batch_size,
-                                        args.dataloader_num_workers, args.feature_cache_dir, accelerator.device,
-                                        disable_progress=not accelerator.is_local_main_process)
+        cache = FrameFeatureCache.build(
+            model.to(accelerator.device),
+            train_dataset,
+            args.per_device_eval_batch_size,
+            args.dataloader_num_workers,
+            args.feature_cache_dir,
+            accelerator.device,
+            disable_progress=not accelerator.is_local_main_process,
+        )
         cache_guard = BadVideoGuard(args.max_bad_video_fraction, len(train_dataset))
         cache_guard.update(len(train_dataset), len(cache.failed))
         if cache_guard.exceeded():
@@ -809,16 +968,33 @@ def main(argv=None):
         train_dataset, train_collator = CachedFeatureDataset(train_dataset, cache), CachedFeatureCollator(processor)
     if args.streaming:
         train_dataset, train_dataloader = build_streaming_dataloader(
-            train_stream, processor.video_processor, train_collator, args.per_device_train_batch_size,
-            accelerator.num_processes, accelerator.process_index, seed=args.seed, buffer_size=args.shuffle_buffer_size,
-            num_workers=args.dataloader_num_workers, device=accelerator.device, sampling=args.frame_sampling, **columns)
+            train_stream,
+            processor.video_processor,
+            train_collator,
+            args.per_device_train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            seed=args.seed,
+            buffer_size=args.shuffle_buffer_size,
+            num_workers=args.dataloader_num_workers,
+            device=accelerator.device,
+            sampling=args.frame_sampling,
+            **columns,
+        )
     else:
-        train_dataloader = build_dataloader(train_dataset, train_collator, args.per_device_train_batch_size,
-                                            shuffle=True, drop_last=True, seed=args.seed,
-                                            num_workers=args.dataloader_num_workers)
-    eval_dataloaders = {split: build_dataloader(ds, collator, args.per_device_eval_batch_size,
-                                                num_workers=args.dataloader_num_workers)
-                        for split, ds in eval_datasets.items()}
+        train_dataloader = build_dataloader(
+            train_dataset,
+            train_collator,
+            args.per_device_train_batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=args.seed,
+            num_workers=args.dataloader_num_workers,
+        )
+    eval_dataloaders = {
+        split: build_dataloader(ds, collator, args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers)
+        for split, ds in eval_datasets.items()
+    }
     if not args.streaming and len(train_dataloader) < accelerator.num_processes:
         raise ValueError(
             f"The train split ({len(train_dataset)} videos) holds fewer than one batch of "
@@ -827,22 +1003,39 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------ stage 1 of the recipe
     head_stage_records, head_stage_summary = [], {}
-    if (not args.resume_from_checkpoint and not is_classification and not args.streaming
-            and training_recipe.wants_head_stage(model)
-            and training_recipe.head_stage_steps(args, recipe, len(train_dataset)) > 0):
+    if (
+        not args.resume_from_checkpoint
+        and not is_classification
+        and not args.streaming
+        and training_recipe.wants_head_stage(model)
+        and training_recipe.head_stage_steps(args, recipe, len(train_dataset)) > 0
+    ):
         head_stage_summary = training_recipe.train_head_stage(
-            model, processor, train_dataset, eval_datasets.get("validation"), args, recipe,
-            load_metric("video_text_retrieval"), accelerator.device, log=accelerator.print,
-            write_record=head_stage_records.append, cache_dir=args.feature_cache_dir,
-            num_workers=args.dataloader_num_workers, disable_progress=not accelerator.is_local_main_process)
+            model,
+            processor,
+            train_dataset,
+            eval_datasets.get("validation"),
+            args,
+            recipe,
+            load_metric("video_text_retrieval"),
+            accelerator.device,
+            log=accelerator.print,
+            write_record=head_stage_records.append,
+            cache_dir=args.feature_cache_dir,
+            num_workers=args.dataloader_num_workers,
+            disable_progress=not accelerator.is_local_main_process,
+        )
         head_stage_summary["temporal_gate"] = training_recipe.init_temporal_gate(
-            model, training_recipe.first_batch(train_dataset, collator, args.per_device_eval_batch_size,
-                                               accelerator.device), args.temporal_gate_ratio)
+            model,
+            training_recipe.first_batch(train_dataset, collator, args.per_device_eval_batch_size, accelerator.device),
+            args.temporal_gate_ratio,
+        )
         accelerator.print(f"temporal gate set to {head_stage_summary['temporal_gate']:.4g}")
 
     # ------------------------------------------------------------------------------------ optimizer and schedule
-    groups = training_recipe.parameter_groups(model, args.learning_rate, args.weight_decay, args.head_lr_multiplier,
-                                              args.prompter_lr_multiplier)
+    groups = training_recipe.parameter_groups(
+        model, args.learning_rate, args.weight_decay, args.head_lr_multiplier, args.prompter_lr_multiplier
+    )
     optimizer = training_recipe.build_optimizer(groups, args)
     # As in the examples: the schedule is computed on the sharded loader after `prepare` (below).
     if args.max_train_steps is None:  # (--streaming requires it: a stream has no length)
@@ -868,8 +1061,9 @@ def main(argv=None):
     unwrapped = accelerator.unwrap_model(model)
 
     if args.with_tracking:
-        accelerator.init_trackers("stop", {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                           for k, v in vars(args).items()})
+        accelerator.init_trackers(
+            "stop", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        )
     metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
     metric = load_metric("video_text_retrieval" if args.task == "retrieval" else "video_classification")
     selection_metric = SELECTION_METRIC[args.task]
@@ -883,11 +1077,22 @@ def main(argv=None):
     # ------------------------------------------------------------------------------------------------ resume
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     run_args = run_shaping_args(args, accelerator.num_processes)
-    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_epoch": None,
-             "skipped": {}, "elapsed": 0.0, "run_args": run_args}
+    state = {
+        "completed_steps": 0,
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "best_metric": None,
+        "best_epoch": None,
+        "skipped": {},
+        "elapsed": 0.0,
+        "run_args": run_args,
+    }
     if args.resume_from_checkpoint:
-        checkpoint = (latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest"
-                      else Path(args.resume_from_checkpoint))
+        checkpoint = (
+            latest_checkpoint(checkpoints_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
         if checkpoint is None:
             raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
         check_safetensors_files(checkpoint)
@@ -919,24 +1124,38 @@ def main(argv=None):
     start_time = time.time() - state["elapsed"]
 
     def checkpoint_state(epoch, batches_in_epoch):
-        return dict(state, completed_steps=completed_steps, epoch=epoch, batches_in_epoch=batches_in_epoch,
-                    elapsed=time.time() - start_time)
+        return dict(
+            state,
+            completed_steps=completed_steps,
+            epoch=epoch,
+            batches_in_epoch=batches_in_epoch,
+            elapsed=time.time() - start_time,
+        )
 
     def validate(epoch: int):
         """Validation metrics of `epoch` (0 = before training); keeps the best model in checkpoints/best."""
         if "validation" not in eval_datasets:
             return
         results = run_evaluation("validation")
-        record = {"split": "validation", "epoch": epoch, "step": completed_steps, **results,
-                  "time": round(time.time() - start_time, 2)}
+        record = {
+            "split": "validation",
+            "epoch": epoch,
+            "step": completed_steps,
+            **results,
+            "time": round(time.time() - start_time, 2),
+        }
         metrics_log.write(record)
         numeric = report_eval_failures(accelerator, "validation", results)
         if args.with_tracking:
             accelerator.log({f"val_{k}": v for k, v in numeric.items()}, step=completed_steps)
-        accelerator.print(f"epoch {epoch} validation: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float)))
+        accelerator.print(
+            f"epoch {epoch} validation: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float))
+        )
         # Epoch 0 competes too when stage 1 of the recipe trained the model before it.
-        if (epoch > 0 or head_stage_summary) and (state["best_metric"] is None or results[selection_metric] > state["best_metric"]):
+        if (epoch > 0 or head_stage_summary) and (
+            state["best_metric"] is None or results[selection_metric] > state["best_metric"]
+        ):
             state["best_metric"], state["best_epoch"] = results[selection_metric], epoch
             if accelerator.is_main_process:
                 save_model(unwrapped, processor, checkpoints_dir / "best")
@@ -975,8 +1194,11 @@ def main(argv=None):
             with accelerator.accumulate(model):
                 # All processes skip together when one has nothing to train on (every sample failed to decode).
                 if min(sizes) > 0:
-                    video = {"pixel_values": batch.get("pixel_values"), "frame_features": batch.get("frame_features"),
-                             "video_mask": batch["video_mask"]}
+                    video = {
+                        "pixel_values": batch.get("pixel_values"),
+                        "frame_features": batch.get("frame_features"),
+                        "video_mask": batch["video_mask"],
+                    }
                     if is_classification:
                         outputs = model(**class_inputs, **video)
                         loss = F.cross_entropy(outputs.logits_per_video.float(), batch["labels"])
@@ -987,8 +1209,7 @@ def main(argv=None):
                     losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
                     abort_on_non_finite_loss(accelerator, losses[-1], train_dataset, batch, completed_steps)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                args.max_grad_norm)
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -1003,14 +1224,25 @@ def main(argv=None):
             progress_bar.set_postfix(loss="n/a" if step_loss is None else f"{step_loss:.4f}", epoch=epoch)
             logging_step = completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps
             if step_loss is not None and logging_step:
-                record = {"split": "train", "epoch": epoch + 1, "step": completed_steps, "loss": step_loss,
-                          "lr": lr_scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 2)}
+                record = {
+                    "split": "train",
+                    "epoch": epoch + 1,
+                    "step": completed_steps,
+                    "loss": step_loss,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "time": round(time.time() - start_time, 2),
+                }
                 metrics_log.write(record)
                 if args.with_tracking:
                     accelerator.log({"train_loss": step_loss, "lr": record["lr"]}, step=completed_steps)
             if args.checkpointing_steps not in (None, "epoch") and completed_steps % int(args.checkpointing_steps) == 0:
-                save_checkpoint(accelerator, checkpoints_dir, f"step_{completed_steps}",
-                                checkpoint_state(epoch, batch_index + 1), args.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    checkpoints_dir,
+                    f"step_{completed_steps}",
+                    checkpoint_state(epoch, batch_index + 1),
+                    args.checkpoints_total_limit,
+                )
 
         # Failures of every process, named, once per epoch.
         failures = all_failures(accelerator, skipped)
@@ -1018,15 +1250,28 @@ def main(argv=None):
         if bad_videos.exceeded(end_of_epoch=True):
             bad_videos.abort(failures, epoch)
         if failures:
-            accelerator.print(f"epoch {epoch + 1}: skipped {len(failures)} videos that failed to decode:\n  "
-                              + "\n  ".join(failures))
-            metrics_log.write({"split": "skipped", "epoch": epoch + 1, "step": completed_steps,
-                               "num_skipped": len(failures), "skipped": failures})
+            accelerator.print(
+                f"epoch {epoch + 1}: skipped {len(failures)} videos that failed to decode:\n  " + "\n  ".join(failures)
+            )
+            metrics_log.write(
+                {
+                    "split": "skipped",
+                    "epoch": epoch + 1,
+                    "step": completed_steps,
+                    "num_skipped": len(failures),
+                    "skipped": failures,
+                }
+            )
         validate(epoch + 1)
         state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, checkpoints_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0),
-                            args.checkpoints_total_limit)
+            save_checkpoint(
+                accelerator,
+                checkpoints_dir,
+                f"epoch_{epoch + 1}",
+                checkpoint_state(epoch + 1, 0),
+                args.checkpoints_total_limit,
+            )
         if completed_steps >= args.max_train_steps:
             break
 
@@ -1037,19 +1282,30 @@ def main(argv=None):
     if best_dir.exists():  # model selection on validation
         best = STOPModel.from_pretrained(best_dir)
         unwrapped.load_state_dict(best.state_dict())
-    results = {"best_epoch": state["best_epoch"], f"best_val_{selection_metric}": state["best_metric"],
-               "train_steps": completed_steps, "train_runtime": round(time.time() - start_time, 2),
-               "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values()),
-               "training_path": training_path, **head_stage_summary}
+    results = {
+        "best_epoch": state["best_epoch"],
+        f"best_val_{selection_metric}": state["best_metric"],
+        "train_steps": completed_steps,
+        "train_runtime": round(time.time() - start_time, 2),
+        "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values()),
+        "training_path": training_path,
+        **head_stage_summary,
+    }
     test_results = None
     if "test" in eval_datasets:
         test_results = run_evaluation("test")
         numeric_test = report_eval_failures(accelerator, "test", test_results)
-        metrics_log.write({"split": "test", "epoch": state["epoch"], "step": completed_steps, **test_results,
-                           "time": round(time.time() - start_time, 2)})
+        metrics_log.write(
+            {
+                "split": "test",
+                "epoch": state["epoch"],
+                "step": completed_steps,
+                **test_results,
+                "time": round(time.time() - start_time, 2),
+            }
+        )
         results.update({f"test_{k}": v for k, v in test_results.items()})
-        accelerator.print("test: " + ", ".join(f"{k}={v:.4g}" for k, v in test_results.items()
-                                               if isinstance(v, float)))
+        accelerator.print("test: " + ", ".join(f"{k}={v:.4g}" for k, v in test_results.items() if isinstance(v, float)))
     if args.with_tracking:
         if test_results:
             accelerator.log({f"test_{k}": v for k, v in numeric_test.items()}, step=completed_steps)
@@ -1062,20 +1318,47 @@ def main(argv=None):
         (output_dir / ".final").rmdir()
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         model_name = args.hub_model_id or output_dir.resolve().name
-        hyperparameters = {k: getattr(args, k) for k in (
-            "task", "num_train_epochs", "max_train_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "optimizer", "learning_rate", "weight_decay", "lr_scheduler_type", "seed")}
+        hyperparameters = {
+            k: getattr(args, k)
+            for k in (
+                "task",
+                "num_train_epochs",
+                "max_train_steps",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "optimizer",
+                "learning_rate",
+                "weight_decay",
+                "lr_scheduler_type",
+                "seed",
+            )
+        }
         hyperparameters["num_processes"] = accelerator.num_processes
-        write_model_card(output_dir, model_name, args.model_name_or_path, args.dataset_name, args.task, test_results,
-                         unwrapped.config, hyperparameters, model_path=args.hub_model_id or str(args.output_dir))
+        write_model_card(
+            output_dir,
+            model_name,
+            args.model_name_or_path,
+            args.dataset_name,
+            args.task,
+            test_results,
+            unwrapped.config,
+            hyperparameters,
+            model_path=args.hub_model_id or str(args.output_dir),
+        )
         plot_training_curves(metrics_log.records(), output_dir / "training_curves.png", selection_metric)
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
-            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True,
-                                  token=args.hub_token).repo_id
-            upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
-                          ignore_patterns=["checkpoints/*", ".*"], token=args.hub_token)
+            repo_id = create_repo(
+                args.hub_model_id or output_dir.resolve().name, exist_ok=True, token=args.hub_token
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=output_dir,
+                commit_message="End of training",
+                ignore_patterns=["checkpoints/*", ".*"],
+                token=args.hub_token,
+            )
     accelerator.wait_for_everyone()
     return results
 

@@ -428,7 +428,9 @@ class STOPOfficialSpatialPrompter(nn.Module):
             nn.PReLU(),
             _same_conv3d(c2, c3, k),
         )
-        self.mlp = nn.Sequential(nn.Linear(c3, config.prompter_mlp_dim), nn.PReLU(), nn.Linear(config.prompter_mlp_dim, 3))
+        self.mlp = nn.Sequential(
+            nn.Linear(c3, config.prompter_mlp_dim), nn.PReLU(), nn.Linear(config.prompter_mlp_dim, 3)
+        )
         self.dropout = nn.Dropout(config.prompter_dropout)
         # Receives no gradient through the hard top-k: it keeps its initial weights (as in the released code).
         self.region_score = _same_conv3d(3, 1, config.region_kernel)
@@ -484,7 +486,9 @@ class STOPOfficialTemporalPrompter(nn.Module):
             _fft_same_conv3d(config.inter_channels, 1, config.inter_kernel),
         )
         self.inter_mlp = nn.Sequential(
-            nn.Linear(num_patches, config.inter_mlp_dim), nn.PReLU(), nn.Linear(config.inter_mlp_dim, config.num_local_prompts)
+            nn.Linear(num_patches, config.inter_mlp_dim),
+            nn.PReLU(),
+            nn.Linear(config.inter_mlp_dim, config.num_local_prompts),
         )
         self.frame_weight = _fft_same_conv3d(1, 1, config.frame_weight_kernel)
         self.normalization, self.scale = config.frame_weight_norm, config.temporal_prompt_scale
@@ -509,7 +513,6 @@ class STOPOfficialTemporalPrompter(nn.Module):
         prompt = self.inter_mlp(prompt.transpose(-1, -2)).transpose(-1, -2)  # [B, T, P, D]
         prompt = prompt + prompt * weights[:, :, None, None]
         return STOPTemporalPrompts(local_offset=self.scale * prompt, frame_weights=weights)
-
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -587,11 +590,15 @@ class STOPPaperTemporalPrompter(nn.Module):
         self.max_tokens, self.scale, self.beta = config.max_inserted_tokens, config.insertion_scale, config.region_beta
         self.proj_in = nn.Linear(2 * width, hidden)
         self.attention = nn.MultiheadAttention(hidden, max(1, hidden // 32), batch_first=True)
-        self.conv = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1))
+        self.conv = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1)
+        )
         self.proj_out = nn.Linear(hidden + 1, self.max_tokens * width)
         self.dropout = nn.Dropout(config.paper_dropout)
 
-    def forward(self, tokens: torch.Tensor, region: torch.Tensor | None, video_mask: torch.Tensor) -> STOPTemporalPrompts:
+    def forward(
+        self, tokens: torch.Tensor, region: torch.Tensor | None, video_mask: torch.Tensor
+    ) -> STOPTemporalPrompts:
         """tokens [B, T, 1 + N, D] (spatially prompted), region [B, T, g, g], video_mask [B, T] -> prompt tokens
         [B, T, K, D] inserted after each frame with their slot mask [B, T, K]."""
         b, t, _, d = tokens.shape
@@ -658,6 +665,7 @@ class STOPTemporalHead(nn.Module):
 def masked_mean(frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
     weights = video_mask.to(frames.dtype).unsqueeze(-1)
     return (frames * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The model
@@ -872,13 +880,17 @@ class STOPModel(STOPPreTrainedModel):
     def encode_video(self, pixel_values: torch.Tensor, video_mask: torch.Tensor | None = None) -> STOPVideoEncoding:
         """Video tower with diagnostics; `get_video_features` returns only the features."""
         if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be [batch, frames, 3, height, width], got shape {tuple(pixel_values.shape)}"
+            )
         check_video_inputs(pixel_values, video_mask, self.config.max_frames, "pixel_values")
         b, t = pixel_values.shape[:2]
         if video_mask is None:
             video_mask = torch.ones(b, t, dtype=torch.long, device=pixel_values.device)
         if self.prompt_generator is None:  # frozen CLIP per frame, then mean pooling or the temporal head
-            return STOPVideoEncoding(video_features=self.pool_frame_features(self.get_frame_features(pixel_values), video_mask))
+            return STOPVideoEncoding(
+                video_features=self.pool_frame_features(self.get_frame_features(pixel_values), video_mask)
+            )
         if self.config.uses_paper_layers:  # the paper's prompting block in every prompt layer
             return STOPVideoEncoding(**encode_paper_video(self, pixel_values, video_mask))
 
@@ -920,7 +932,14 @@ class STOPModel(STOPPreTrainedModel):
         for i, layer in enumerate(vision.encoder.layers):
             if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
                 frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
-            block = (layer, self.vision_adapters[i], self.config.adapter_scale, global_tokens, frame_tokens, frame_valid)
+            block = (
+                layer,
+                self.vision_adapters[i],
+                self.config.adapter_scale,
+                global_tokens,
+                frame_tokens,
+                frame_valid,
+            )
             if self.gradient_checkpointing and self.training:  # non-reentrant: else a frozen block passes no grad
                 global_tokens, frame_tokens = checkpoint(global_local_block, *block, use_reentrant=False)
             else:
@@ -986,7 +1005,9 @@ class STOPModel(STOPPreTrainedModel):
             if not self.uses_frozen_frame_features:
                 raise ValueError("frame_features can stand in for pixel_values only when no prompt enters the backbone")
             if frame_features.dim() != 3:
-                raise ValueError(f"frame_features must be [batch, frames, projection_dim], got {tuple(frame_features.shape)}")
+                raise ValueError(
+                    f"frame_features must be [batch, frames, projection_dim], got {tuple(frame_features.shape)}"
+                )
             check_video_inputs(frame_features, video_mask, self.config.max_frames, "frame_features")
             video_embeds = F.normalize(self.pool_frame_features(frame_features, video_mask), dim=-1)
         elif pixel_values is not None:

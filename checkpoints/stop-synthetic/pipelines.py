@@ -33,7 +33,6 @@ from pathlib import Path
 
 from transformers import Pipeline
 
-
 ZERO_SHOT_TASK = "zero-shot-video-classification"
 CLASSIFICATION_TASK = "video-classification"
 DEFAULT_HYPOTHESIS_TEMPLATE = "a video of {}"

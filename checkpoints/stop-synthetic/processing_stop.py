@@ -11,7 +11,6 @@ from transformers.video_processing_utils import VideoProcessorMixin
 
 from .video_io import SAMPLINGS, read_video_frames, resize_shortest_edge
 
-
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

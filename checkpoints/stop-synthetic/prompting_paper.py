@@ -245,7 +245,9 @@ class STOPPaperFrameTemporalPrompter(nn.Module):
         self.max_tokens, self.beta = config.max_inserted_tokens, config.region_beta
         self.proj_in = nn.Linear(2 * width, hidden)
         self.attention = nn.MultiheadAttention(hidden, max(1, hidden // 32), batch_first=True)
-        self.conv = nn.Sequential(nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1))
+        self.conv = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv1d(hidden, hidden, 3, padding=1)
+        )
         self.proj = nn.Linear(hidden + 1, self.max_tokens * width)
         self.dropout = nn.Dropout(config.paper_dropout)
         self.variation_scaling = config.paper_variation_scaling
@@ -300,10 +302,15 @@ def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame
         key_parts_v.append(previous(vf))
         mask_parts.append(F.pad(frame_valid[:, :-1, -slots:], (0, 0, 1, 0)))
     frame_mask = torch.cat(mask_parts, dim=2)[:, :, None, None]
-    out_f = F.scaled_dot_product_attention(qf, torch.cat(key_parts_k, 3), torch.cat(key_parts_v, 3), attn_mask=frame_mask)
+    out_f = F.scaled_dot_product_attention(
+        qf, torch.cat(key_parts_k, 3), torch.cat(key_parts_v, 3), attn_mask=frame_mask
+    )
 
     video_mask_ = torch.cat([always[:, 0], frame_valid.flatten(1)], dim=1)[:, None, None]
-    kv = torch.cat([kg, kf.transpose(1, 2).flatten(2, 3)], dim=2), torch.cat([vg, vf.transpose(1, 2).flatten(2, 3)], dim=2)
+    kv = (
+        torch.cat([kg, kf.transpose(1, 2).flatten(2, 3)], dim=2),
+        torch.cat([vg, vf.transpose(1, 2).flatten(2, 3)], dim=2),
+    )
     out_g = F.scaled_dot_product_attention(qg, *kv, attn_mask=video_mask_)
 
     cls_attention = None
@@ -349,7 +356,11 @@ class STOPPaperTemporalPrompting(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        cls = STOPPaperTokenTemporalPrompter if config.paper_temporal_prompter == "tokens" else STOPPaperFrameTemporalPrompter
+        cls = (
+            STOPPaperTokenTemporalPrompter
+            if config.paper_temporal_prompter == "tokens"
+            else STOPPaperFrameTemporalPrompter
+        )
         self.layers = nn.ModuleList(cls(config) for _ in config.paper_layers)
         self.calibration, self.insertion_scale = config.insertion_calibration, config.insertion_scale
         self.max_tokens, self.beta, self.top_k = config.max_inserted_tokens, config.region_beta, config.spatial_top_k
@@ -409,7 +420,9 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
             j = layers.index(i)
             layer_patches, region = frame_tokens[:, :, patches], None
             if spatial is not None:
-                layer_patches, region = spatial(j, layer_patches, cls_attention, video_mask, regions[0] if regions else None)
+                layer_patches, region = spatial(
+                    j, layer_patches, cls_attention, video_mask, regions[0] if regions else None
+                )
                 regions.append(region)
             rest = frame_tokens[:, :, patches.stop :]
             if slots:  # this layer's inserted tokens replace the previous prompt layer's in the slots
@@ -421,9 +434,19 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
                 variations.append(variation)
             frame_tokens = torch.cat([frame_tokens[:, :, : patches.start], layer_patches, rest], dim=2)
         layout = _Layout(num_local, num_patches, slots, config.paper_neighbour_attention, cls_attention=i + 1 in layers)
-        block = (layer, model.vision_adapters[i], config.adapter_scale, global_tokens, frame_tokens, frame_valid, layout)
+        block = (
+            layer,
+            model.vision_adapters[i],
+            config.adapter_scale,
+            global_tokens,
+            frame_tokens,
+            frame_valid,
+            layout,
+        )
         if model.gradient_checkpointing and model.training:  # non-reentrant: else a frozen block passes no grad
-            global_tokens, frame_tokens, cls_attention = checkpoint(paper_global_local_block, *block, use_reentrant=False)
+            global_tokens, frame_tokens, cls_attention = checkpoint(
+                paper_global_local_block, *block, use_reentrant=False
+            )
         else:
             global_tokens, frame_tokens, cls_attention = paper_global_local_block(*block)
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 BACKEND_ENV_VAR = "STOP_VIDEO_BACKEND"
 BACKENDS = ("auto", "torchcodec", "pyav")
 SAMPLINGS = ("uniform", "random")
@@ -323,7 +322,7 @@ def _resolve_backend(backend: str | None) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_torchcodec():
     """`(torchcodec.decoders.VideoDecoder or None, why it does not load)`."""
     try:

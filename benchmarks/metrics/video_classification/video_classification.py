@@ -9,7 +9,6 @@ import datasets
 import evaluate
 import numpy as np
 
-
 _DESCRIPTION = """\
 Top-k accuracy (top-1 and top-5 by default), per-class accuracy and mean per-class accuracy, all in percent
 (0-100), from per-class score rows or from predicted labels. A video counts as correct at k when its true
@@ -92,9 +91,7 @@ def classification_metrics(predictions, references, top_k=(1, 5), num_classes=No
 
     metrics = {f"top{k}_accuracy": float(100.0 * np.mean(ranks <= k)) for k in ks}
     correct = ranks == 1
-    per_class = {
-        int(c): float(100.0 * np.mean(correct[references == c])) for c in np.unique(references)
-    }
+    per_class = {int(c): float(100.0 * np.mean(correct[references == c])) for c in np.unique(references)}
     metrics["per_class_accuracy"] = per_class
     metrics["mean_class_accuracy"] = float(np.mean(list(per_class.values())))
     return metrics

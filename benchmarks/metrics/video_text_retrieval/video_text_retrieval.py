@@ -14,7 +14,6 @@ import datasets
 import evaluate
 import numpy as np
 
-
 _CITATION = """\
 @article{luo2021clip4clip,
   title={CLIP4Clip: An Empirical Study of CLIP for End to End Video Clip Retrieval},
