@@ -443,7 +443,8 @@ def test_undecodable_training_videos_beyond_the_bound_stop_the_run_naming_them_a
     assert all(path.name in result.stderr for path in broken)
     assert "Traceback" not in result.stderr
     assert_no_model_written(out)
-    assert not [r for r in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
+    log = out / "metrics.jsonl"  # absent when the run stops while the recipe's stage 1 builds its feature cache
+    assert not log.exists() or not [r for r in log.read_text().splitlines() if '"train"' in r]
 
 
 @pytest.mark.slow
@@ -469,6 +470,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_batch_and_writing_no_model(b
             "--max_grad_norm",
             "0",
             "--num_warmup_steps",
+            "0",
+            "--head_stage_steps",  # the recipe's stage 1 would keep a best model of its own before the NaN
             "0",
         )
     )
@@ -511,13 +514,13 @@ def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_vali
     resume = ["--resume_from_checkpoint", str(out / "checkpoints" / "step_3")]
     refused = run_failing(
         train_args(
-            backbone, data, out, *common, "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", *resume
+            backbone, data, out, *common, "--per_device_train_batch_size", "2", "--learning_rate", "2e-3", *resume
         )
     )
     assert "--per_device_train_batch_size: checkpoint 4, now 2" in refused.stderr
-    assert "--learning_rate: checkpoint 0.005, now 0.001" in refused.stderr and "--allow_changed_args" in refused.stderr
-    allowed = run(train_args(backbone, data, out, *common, "--learning_rate", "1e-3", "--allow_changed_args", *resume))
-    assert "resuming from" in allowed.stderr and "--learning_rate: checkpoint 0.005, now 0.001" in allowed.stderr
+    assert "--learning_rate: checkpoint 0.001, now 0.002" in refused.stderr and "--allow_changed_args" in refused.stderr
+    allowed = run(train_args(backbone, data, out, *common, "--learning_rate", "2e-3", "--allow_changed_args", *resume))
+    assert "resuming from" in allowed.stderr and "--learning_rate: checkpoint 0.001, now 0.002" in allowed.stderr
 
     model = out / "checkpoints" / "step_4" / "model.safetensors"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])

@@ -294,6 +294,7 @@ def train_head_stage(
     cache_dir=None,
     num_workers: int = 0,
     disable_progress: bool = False,
+    check_cache=None,
 ) -> dict:
     """Stage 1, in place: the temporal head (+ text side) trained with InfoNCE on cached frozen frame features;
     the best state on `eval_dataset` (`selection_score`) is kept. Returns a summary."""
@@ -311,6 +312,8 @@ def train_head_stage(
     train_cache = FrameFeatureCache.build(
         model, train_dataset, args.per_device_eval_batch_size, num_workers, cache_dir, device, disable_progress
     )
+    if check_cache is not None:  # e.g. the run's bound on undecodable training videos
+        check_cache(train_cache)
     eval_cache = (
         FrameFeatureCache.build(
             model, eval_dataset, args.per_device_eval_batch_size, num_workers, cache_dir, device, disable_progress

@@ -707,6 +707,14 @@ def check_safetensors_files(folder: Path):
             ) from err
 
 
+def check_bad_videos_in_cache(cache, max_fraction: float, num_videos: int):
+    """Aborts the run when more than `max_fraction` of the cached training videos failed to decode."""
+    guard = BadVideoGuard(max_fraction, num_videos)
+    guard.update(num_videos, len(cache.failed))
+    if guard.exceeded():
+        guard.abort(sorted(cache.failed), 0)
+
+
 class BadVideoGuard:
     """Counts the training videos of an epoch that fail to decode, over all processes, and aborts the run when
     more than `max_fraction` of them fail. `num_videos` is the split size (map-style: checked at every step), or
@@ -961,10 +969,7 @@ def main(argv=None):
             accelerator.device,
             disable_progress=not accelerator.is_local_main_process,
         )
-        cache_guard = BadVideoGuard(args.max_bad_video_fraction, len(train_dataset))
-        cache_guard.update(len(train_dataset), len(cache.failed))
-        if cache_guard.exceeded():
-            cache_guard.abort(sorted(cache.failed), 0)
+        check_bad_videos_in_cache(cache, args.max_bad_video_fraction, len(train_dataset))
         train_dataset, train_collator = CachedFeatureDataset(train_dataset, cache), CachedFeatureCollator(processor)
     if args.streaming:
         train_dataset, train_dataloader = build_streaming_dataloader(
@@ -1024,6 +1029,7 @@ def main(argv=None):
             cache_dir=args.feature_cache_dir,
             num_workers=args.dataloader_num_workers,
             disable_progress=not accelerator.is_local_main_process,
+            check_cache=lambda cache: check_bad_videos_in_cache(cache, args.max_bad_video_fraction, len(train_dataset)),
         )
         head_stage_summary["temporal_gate"] = training_recipe.init_temporal_gate(
             model,
