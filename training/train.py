@@ -32,7 +32,6 @@ in. AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-3 per parameter g
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -53,7 +52,6 @@ from torch import nn  # noqa: E402
 if __package__ in (None, ""):  # run as a script: accelerate launch training/train.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import evaluate  # noqa: E402
 import transformers  # noqa: E402
 from accelerate import Accelerator, DistributedDataParallelKwargs  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
@@ -74,6 +72,7 @@ from training.data import (  # noqa: E402
     load_video_text_dataset,
     split_pair_accuracy,
 )
+from training.evaluation import embed_text_list, embed_video_dataset, load_metric  # noqa: E402
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
 from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
@@ -82,7 +81,6 @@ from training.synthetic import DEFAULT_CLIP  # noqa: E402
 logger = get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METRICS_DIR = REPO_ROOT / "benchmarks" / "metrics"
 # The validation metric each task selects its model on.
 SELECTION_METRIC = {"retrieval": "t2v_R@1", "classification": "top1_accuracy"}
 STATE_FILE = "training_state.json"
@@ -385,63 +383,15 @@ def retrieval_loss(outputs, logit_scale: torch.Tensor, num_processes: int) -> to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_metric(name: str):
-    """An `evaluate` module of this repository's `benchmarks/metrics/`, by path (works offline)."""
-    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
-
-
-@torch.no_grad()
-def embed_videos(model: STOPModel, dataloader, accelerator=None) -> tuple[np.ndarray, torch.Tensor, list[str]]:
-    """`(indices, normalised video embeddings [N, E], failure messages)` over a (possibly sharded) DataLoader.
-
-    Every video is embedded once; with several processes the shards are gathered and deduplicated.
-    """
-    model.eval()
-    indices, embeds, failed = [], [], []
-    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
-    for batch in dataloader:
-        failed += batch["failed"]
-        if len(batch["indices"]) == 0:
-            continue
-        with autocast():
-            features = model.get_video_features(batch["pixel_values"], batch["video_mask"])
-        indices += batch["indices"].tolist()
-        embeds += list(F.normalize(features.float(), dim=-1).cpu())
-    if accelerator is not None and accelerator.num_processes > 1:
-        indices, embeds, failed = gather_object(indices), gather_object(embeds), gather_object(failed)
-        failed = sorted(set(failed))
-    unique = {}
-    for index, embed in zip(indices, embeds):  # even batches repeat samples at the end of the last shard
-        unique.setdefault(index, embed)
-    order = sorted(unique)
-    video_embeds = torch.stack([unique[i] for i in order]) if order else torch.empty(0)
-    return np.asarray(order, dtype=np.int64), video_embeds, failed
-
-
-@torch.no_grad()
-def embed_texts(model: STOPModel, processor, texts: list[str], batch_size: int = 256, accelerator=None) -> torch.Tensor:
-    """Normalised text embeddings `[len(texts), E]`, each text once."""
-    model.eval()
-    device = next(model.parameters()).device
-    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
-    out = []
-    for start in range(0, len(texts), batch_size):
-        inputs = processor(text=texts[start : start + batch_size], padding="max_length").to(device)
-        with autocast():
-            features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
-        out.append(F.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(out)
-
-
 def evaluate_retrieval(model, processor, dataset: VideoTextDataset, dataloader, metric, accelerator=None) -> dict:
     """T2V / V2T R@1/5/10, MdR, MnR (percent, ranks) with every caption as a query, plus the reversed-pair accuracy
     (`pair_accuracy`, per `motion` kind too) when the split has a `pair_id` column. Videos that fail to decode are
     left out with their captions (`num_failed`)."""
-    indices, video_embeds, failed = embed_videos(model, dataloader, accelerator)
+    indices, video_embeds, failed = embed_video_dataset(model, dataloader, accelerator)
     texts, text_to_video = dataset.captions()
     position = {int(index): i for i, index in enumerate(indices)}
     keep = [t for t, v in enumerate(text_to_video) if v in position]
-    text_embeds = embed_texts(model, processor, [texts[t] for t in keep], accelerator=accelerator)
+    text_embeds = embed_text_list(model, processor, [texts[t] for t in keep], accelerator=accelerator)
     targets = [position[text_to_video[t]] for t in keep]
     sim = (text_embeds @ video_embeds.t()).numpy()  # [texts, videos]
     results = metric.compute(predictions=sim, references=targets)
@@ -452,8 +402,8 @@ def evaluate_retrieval(model, processor, dataset: VideoTextDataset, dataloader, 
 
 def evaluate_classification(model, processor, dataset, dataloader, metric, class_texts, accelerator=None) -> dict:
     """Top-1/top-5 and mean per-class accuracy (percent) of `argmax(video_embeds @ class_text_embeds.T)`."""
-    indices, video_embeds, failed = embed_videos(model, dataloader, accelerator)
-    class_embeds = embed_texts(model, processor, class_texts, accelerator=accelerator)
+    indices, video_embeds, failed = embed_video_dataset(model, dataloader, accelerator)
+    class_embeds = embed_text_list(model, processor, class_texts, accelerator=accelerator)
     labels = dataset.labels()
     scores = (video_embeds @ class_embeds.t()).numpy()
     results = metric.compute(predictions=scores, references=[labels[i] for i in indices])
