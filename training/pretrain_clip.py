@@ -37,9 +37,9 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 if __package__ in (None, ""):  # run as a script: python training/pretrain_clip.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.defaults import DEFAULT_CLIP  # noqa: E402
 from training.synthetic import (  # noqa: E402
     COLOURS,
-    DEFAULT_CLIP,
     POSITIONS,
     SHAPES,
     SIZES,

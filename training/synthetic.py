@@ -28,8 +28,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-# The backbone pretrained on `render_still` images (see training/pretrain_clip.py), resolvable from any working dir.
-DEFAULT_CLIP = Path(__file__).resolve().parents[1] / "checkpoints" / "clip-synthetic"
+# The backbone pretrained on `render_still` images and the benchmark's class names live in `training.defaults`
+# (shared with training and benchmarks); re-exported here.
+from training.defaults import CLASS_NAMES, DEFAULT_CLIP  # noqa: F401
 
 COLOURS = {
     "red": (220, 35, 35),
@@ -62,19 +63,6 @@ BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "noise")
 MOTIONS = ("slide", "fall_rise", "grow_shrink", "fade", "colour_change", "sequence")
 # Colour changes stay inside four well separated hues so that "turning <colour>" is a small set of classes.
 CHANGE_COLOURS = ("red", "yellow", "green", "blue")
-CLASS_NAMES = (
-    "moving left",
-    "moving right",
-    "moving up",
-    "moving down",
-    "growing",
-    "shrinking",
-    "fading in",
-    "fading out",
-    *(f"turning {c}" for c in CHANGE_COLOURS),
-    "left then right",
-    "right then left",
-)
 SPLITS = ("train", "validation", "test")
 
 

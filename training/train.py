@@ -72,11 +72,11 @@ from training.data import (  # noqa: E402
     load_video_text_dataset,
     split_pair_accuracy,
 )
+from training.defaults import DEFAULT_CLIP  # noqa: E402
 from training.evaluation import embed_text_list, embed_video_dataset, load_metric  # noqa: E402
 from training.feature_cache import CachedFeatureCollator, CachedFeatureDataset, FrameFeatureCache  # noqa: E402
 from training.recipe import recipe_for  # noqa: E402
 from training.streaming import build_streaming_dataloader, load_streaming_dataset  # noqa: E402
-from training.synthetic import DEFAULT_CLIP  # noqa: E402
 
 logger = get_logger(__name__)
 
