@@ -304,8 +304,8 @@ def msrvtt_splits(args, index: VideoIndex) -> dict[str, Split]:
     return splits
 
 
-def activitynet_splits(args, index: VideoIndex) -> dict[str, Split]:
-    splits = {}
+def _json_splits(args, kind: type, expected: str):
+    """`(split name, path, parsed JSON)` for each of `--{train,validation,test}_json` given, checked to be a `kind`."""
     for split_name, path in (
         ("train", args.train_json),
         ("validation", args.validation_json),
@@ -314,8 +314,16 @@ def activitynet_splits(args, index: VideoIndex) -> dict[str, Split]:
         if not path:
             continue
         data = _read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected an object {{'v_ID': {{'duration', 'timestamps', 'sentences'}}}}")
+        if not isinstance(data, kind):
+            raise ValueError(f"{path}: expected {expected}")
+        yield split_name, path, data
+
+
+def activitynet_splits(args, index: VideoIndex) -> dict[str, Split]:
+    splits = {}
+    for split_name, path, data in _json_splits(
+        args, dict, "an object {'v_ID': {'duration', 'timestamps', 'sentences'}}"
+    ):
         split = Split()
         for video_id, item in data.items():
             paragraph = _paragraph(_field(item, "sentences", path, video_id))
@@ -334,16 +342,7 @@ def _find_activitynet(index: VideoIndex, video_id: str):
 
 def didemo_splits(args, index: VideoIndex) -> dict[str, Split]:
     splits = {}
-    for split_name, path in (
-        ("train", args.train_json),
-        ("validation", args.validation_json),
-        ("test", args.test_json),
-    ):
-        if not path:
-            continue
-        data = _read_json(path)
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a list of {{'video', 'description', 'times', ...}} objects")
+    for split_name, path, data in _json_splits(args, list, "a list of {'video', 'description', 'times', ...} objects"):
         descriptions = defaultdict(list)
         for i, item in enumerate(data):
             _field(item, "times", path, f"item {i}")
