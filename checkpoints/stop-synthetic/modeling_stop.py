@@ -30,10 +30,12 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
-from .prompting_paper import (
+from .prompting_paper import (  # the attention head helpers are shared with the paper variant's blocks
     STOPFrameIdentity,
     STOPPaperSpatialPrompting,
     STOPPaperTemporalPrompting,
+    _merge_heads,
+    _split_heads,
     encode_paper_video,
 )
 
@@ -269,14 +271,6 @@ class STOPLinearPromptGenerator(nn.Module):
         text = torch.cat([self.prefix_proj(tokens), self.postfix_proj(tokens)], dim=1)
         visual = tokens.unsqueeze(1).expand(-1, num_frames, -1, -1)
         return text, visual
-
-
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(-3, -2).flatten(-2)
 
 
 def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens, frame_valid=None):
