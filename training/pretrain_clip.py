@@ -376,6 +376,24 @@ def load_training_state(args, model, heads, optimizer, scheduler):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _caption_embeds(model, tokenizer, captions, batch_size: int) -> torch.Tensor:
+    """Normalised text embeddings of `captions`, in batches."""
+    embeds = []
+    for start in range(0, len(captions), batch_size):
+        text = tokenizer(list(captions[start : start + batch_size]), padding=True, return_tensors="pt")
+        embeds.append(model.get_text_features(**text).pooler_output)
+    return F.normalize(torch.cat(embeds), dim=-1)
+
+
+def _still_embeds(model, images: list, batch_size: int) -> torch.Tensor:
+    """Normalised image embeddings of rendered stills (uint8 HWC arrays), in batches."""
+    embeds = []
+    for start in range(0, len(images), batch_size):
+        batch = pixel_values(np.stack(images[start : start + batch_size]))
+        embeds.append(model.get_image_features(pixel_values=batch).pooler_output)
+    return F.normalize(torch.cat(embeds), dim=-1)
+
+
 @torch.no_grad()
 def evaluate_zero_shot(model, tokenizer, num_stills=1000, seed=EVAL_SEED, image_size=None, batch_size=250):
     """Zero-shot retrieval between fresh single-object stills and every canonical caption.
@@ -393,16 +411,8 @@ def evaluate_zero_shot(model, tokenizer, num_stills=1000, seed=EVAL_SEED, image_
     captions, attributes = zip(*all_still_captions())
     index = {a: i for i, a in enumerate(attributes)}
 
-    text_embeds = []
-    for start in range(0, len(captions), batch_size):
-        text = tokenizer(list(captions[start : start + batch_size]), padding=True, return_tensors="pt")
-        text_embeds.append(model.get_text_features(**text).pooler_output)
-    text_embeds = F.normalize(torch.cat(text_embeds), dim=-1)
-    image_embeds = []
-    for start in range(0, num_stills, batch_size):
-        images = np.stack([render_still(s, image_size) for s in specs[start : start + batch_size]])
-        image_embeds.append(model.get_image_features(pixel_values=pixel_values(images)).pooler_output)
-    image_embeds = F.normalize(torch.cat(image_embeds), dim=-1)
+    text_embeds = _caption_embeds(model, tokenizer, captions, batch_size)
+    image_embeds = _still_embeds(model, [render_still(s, image_size) for s in specs], batch_size)
 
     sim = image_embeds @ text_embeds.t()  # [num_stills, num_captions]
     target = torch.tensor([index[t] for t in truth])
@@ -465,18 +475,9 @@ def evaluate_brightness(model, tokenizer, num_stills=1000, seed=EVAL_SEED + 1, i
     truth = [(s.colour, s.shape, s.size, s.position, b) for s, b, _ in stills]
     captions, attributes = zip(*all_brightness_captions())
     index = {a: i for i, a in enumerate(attributes)}
-    text_embeds = []
-    for start in range(0, len(captions), batch_size):
-        text = tokenizer(list(captions[start : start + batch_size]), padding=True, return_tensors="pt")
-        text_embeds.append(model.get_text_features(**text).pooler_output)
-    text_embeds = F.normalize(torch.cat(text_embeds), dim=-1)
-    image_embeds = []
-    for start in range(0, num_stills, batch_size):
-        images = np.stack(
-            [render_still_with_brightness(s, o, image_size) for s, _, o in stills[start : start + batch_size]]
-        )
-        image_embeds.append(model.get_image_features(pixel_values=pixel_values(images)).pooler_output)
-    sim = F.normalize(torch.cat(image_embeds), dim=-1) @ text_embeds.t()
+    text_embeds = _caption_embeds(model, tokenizer, captions, batch_size)
+    images = [render_still_with_brightness(s, o, image_size) for s, _, o in stills]
+    sim = _still_embeds(model, images, batch_size) @ text_embeds.t()
     top1 = [attributes[i] for i in sim.argmax(1).tolist()]
     results = {"brightness_num_stills": num_stills, "brightness_num_captions": len(captions)}
     for k, name in enumerate(ALL_ATTRIBUTES):
