@@ -252,7 +252,7 @@ def run(args) -> dict:
         loadavg_end=list(os.getloadavg()),
         videos=videos,
         failed=failed,
-        wall_s=round(wall, 2),
+        wall_s=round(wall, 4),  # 4 places: a tiny run lasts a fraction of a second
         videos_per_s=round(videos / wall, 3),
         main_process=dict(
             dataloader_wait_s=round(wait, 2),
