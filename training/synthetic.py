@@ -490,7 +490,7 @@ def write_benchmark(
     seed=0,
     num_train=600,
     num_validation=100,
-    num_test=100,
+    num_test=600,
     num_frames=16,
     size=64,
     fps=8,
@@ -576,7 +576,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_train", type=int, default=600, help="clips (an even number: twins)")
     parser.add_argument("--num_validation", type=int, default=100)
-    parser.add_argument("--num_test", type=int, default=100)
+    parser.add_argument("--num_test", type=int, default=600)
     parser.add_argument("--num_frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
     parser.add_argument("--fps", type=float, default=8)
