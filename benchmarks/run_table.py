@@ -62,6 +62,30 @@ ROWS = {
     # same (reduced) budget as `stop-paper-1epoch`.
     "stop-official-1epoch": (["variant=official", NO_HEAD], "STOP official, 1 epoch"),
     "stop-paper-1epoch": (["variant=paper", NO_HEAD], "STOP paper, 1 epoch"),
+    # Ablations of the default (same recipe, head included, one switch changed): what each mechanism of the paper
+    # variant adds, as a paired difference against `default` over the same seeds.
+    "default-spatial-only": (["use_temporal_prompt=False"], "default without the inter-frame (temporal) prompts"),
+    "default-temporal-only": (["use_spatial_prompt=False"], "default without the intra-frame (spatial) prompts"),
+    "default-static-insertion": (
+        ["max_inserted_tokens=1"],
+        "default with one inserted token in every gap (insertion that does not follow the video)",
+    ),
+    "default-first-layer": (["paper_prompt_layers=[0]"], "default with prompting in the first layer only"),
+    "default-paper-v1": (["paper_version=1"], "default with the first paper layout (prompting once, pooled frames)"),
+    "default-frames-prompter": (
+        ["paper_temporal_prompter=frames"],
+        "default with the inter-frame prompter on pooled frame vectors instead of region tokens",
+    ),
+    "default-no-neighbour": (
+        ["paper_neighbour_attention=False"],
+        "default with inserted tokens seen by the preceding frame only",
+    ),
+    "default-no-identity": (["paper_frame_identity=False"], "default without per-frame identity of local prompts"),
+    "default-absolute-counts": (
+        ["insertion_calibration=absolute"],
+        "default with counts ceil(insertion_scale * (1 - cos)) instead of ranked within the video",
+    ),
+    "default-official": (["variant=official"], "the default recipe with the official variant (`--variant official`)"),
 }
 # Rows whose training flags differ from the common recipe (appended after --train_args, so they win).
 ROW_TRAIN_ARGS = {
@@ -82,7 +106,11 @@ COLUMNS = [
     ("v2t_MnR", "MnR"),
     ("classification/top1_accuracy", "cls top-1"),
     ("pair_accuracy", "pair acc"),
+    ("twin_cosine", "twin cos"),
 ]
+# Paired differences against the default recipe (same seeds, same test videos): mean and spread over seeds.
+PAIRED = [("t2v_R@1", "ΔT2V R@1"), ("v2t_R@1", "ΔV2T R@1"), ("pair_accuracy", "Δpair acc")]
+REFERENCE = "default"
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -160,7 +188,55 @@ def summarise(reports: list[dict]) -> dict:
     return out
 
 
-def markdown(table: dict, seeds: list[int], command: str, wall: float) -> str:
+def paired_differences(reports: dict[str, list[dict]], reference: str = REFERENCE) -> dict:
+    """Per row, the mean and spread over seeds of (row - reference) for the `PAIRED` metrics, on the seeds both
+    rows ran; the reference row itself and rows without a shared seed are left out."""
+    if reference not in reports:
+        return {}
+    base = {r["seed"]: r["metrics"] for r in reports[reference]}
+    out = {}
+    for name, runs in reports.items():
+        if name == reference:
+            continue
+        stats = {}
+        for key, _ in PAIRED:
+            diffs = [
+                r["metrics"][key] - base[r["seed"]][key]
+                for r in runs
+                if r["seed"] in base and key in r["metrics"] and key in base[r["seed"]]
+            ]
+            if diffs:
+                stats[key] = (statistics.fmean(diffs), statistics.pstdev(diffs) if len(diffs) > 1 else 0.0, len(diffs))
+        if stats:
+            out[name] = stats
+    return out
+
+
+def paired_markdown(paired: dict) -> list[str]:
+    if not paired:
+        return []
+    lines = [
+        "",
+        f"Paired differences against `{REFERENCE}` (same seeds, same test videos; mean ± spread over seeds):",
+        "",
+        "| row | seeds | " + " | ".join(label for _, label in PAIRED) + " |",
+        "|" + "---|" * (len(PAIRED) + 2),
+    ]
+    for name, stats in paired.items():
+        seeds = max(n for _, _, n in stats.values())
+        cells = []
+        for key, _ in PAIRED:
+            if key not in stats:
+                cells.append("-")
+                continue
+            mean, std, _ = stats[key]
+            digits = 3 if key == "pair_accuracy" else 1
+            cells.append(f"{mean:+.{digits}f} ± {std:.{digits}f}")
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(table: dict, seeds: list[int], command: str, wall: float, paired: dict | None = None) -> str:
     head = "| row | " + " | ".join(label for _, label in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, stats in table.items():
@@ -170,7 +246,7 @@ def markdown(table: dict, seeds: list[int], command: str, wall: float) -> str:
                 cells.append("-")
                 continue
             mean, std = stats[key]
-            digits = 3 if key.startswith("pair_accuracy") else 1  # pair accuracy is a share, the rest percent/ranks
+            digits = 3 if key in ("pair_accuracy", "twin_cosine") else 1  # shares and cosines; the rest percent/ranks
             cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(seeds) > 1 else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     per_kind = sorted({k for stats in table.values() for k in stats if k.startswith("pair_accuracy/")})
@@ -186,6 +262,7 @@ def markdown(table: dict, seeds: list[int], command: str, wall: float) -> str:
             lines.append(
                 f"| {name} | " + " | ".join(f"{stats[k][0]:.2f}" if k in stats else "-" for k in per_kind) + " |"
             )
+    lines += paired_markdown(paired or {})
     lines += [
         "",
         f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
@@ -214,11 +291,18 @@ def main(argv=None):
     reports = {name: [run_row(name, seed, args) for seed in args.seeds] for name in args.rows}
     table = {name: summarise(r) for name, r in reports.items()}
     command = "python -m benchmarks.run_table " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(table, args.seeds, command, time.perf_counter() - start)
+    paired = paired_differences(reports)
+    text = markdown(table, args.seeds, command, time.perf_counter() - start, paired)
     out = Path(args.output_dir)
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(
-        json.dumps({"rows": {n: {"description": ROWS[n][1], "runs": r} for n, r in reports.items()}}, indent=1)
+        json.dumps(
+            {
+                "rows": {n: {"description": ROWS[n][1], "runs": r} for n, r in reports.items()},
+                "paired_differences": {n: {k: list(v) for k, v in st.items()} for n, st in paired.items()},
+            },
+            indent=1,
+        )
     )
     print(text)
 

@@ -34,3 +34,35 @@ def test_run_table_trains_evaluates_and_writes_the_table(tmp_path):
     assert meanp["num_videos"] == stop["num_videos"] == 4
     assert 0 <= stop["t2v_R@1"] <= 100 and 1 <= stop["t2v_MdR"] <= 4 and 0 <= stop["pair_accuracy"] <= 1
     assert json.loads((out / "stop-paper-seed0" / "model" / "all_results.json").read_text())["train_steps"] == 2
+
+
+def test_paired_differences_use_only_the_seeds_both_rows_ran():
+    from benchmarks.run_table import paired_differences, paired_markdown
+
+    def run(seed, r1, pair):
+        return {"seed": seed, "metrics": {"t2v_R@1": r1, "v2t_R@1": r1, "pair_accuracy": pair}}
+
+    reports = {
+        "default": [run(0, 40.0, 0.8), run(1, 44.0, 0.9), run(2, 42.0, 0.7)],
+        "clip-meanP": [run(0, 10.0, 0.5), run(1, 12.0, 0.5)],
+    }
+    paired = paired_differences(reports)
+    assert set(paired) == {"clip-meanP"}
+    mean, std, n = paired["clip-meanP"]["t2v_R@1"]
+    assert (mean, std, n) == (-31.0, 1.0, 2)
+    assert abs(paired["clip-meanP"]["pair_accuracy"][0] - (-0.35)) < 1e-12
+    assert "| clip-meanP | 2 | -31.0 ± 1.0 |" in "\n".join(paired_markdown(paired))
+    assert paired_differences({"clip-meanP": reports["clip-meanP"]}) == {}
+
+
+def test_twin_cosine_pairs_the_clips_that_share_a_pair_id():
+    import datasets
+    import torch
+
+    from training.evaluation import twin_cosine
+
+    split = datasets.Dataset.from_dict({"pair_id": [7, 3, 7, 3, 9]})
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    # rows 0/2 are orthogonal (cos 0), rows 1/3 point the same way (cos 1), row 4 has no twin
+    assert twin_cosine(embeds, [0, 1, 2, 3, 4], split) == {"twin_cosine": 0.5}
+    assert twin_cosine(embeds, [0, 1, 2, 3, 4], datasets.Dataset.from_dict({"x": [0] * 5})) == {}

@@ -334,7 +334,25 @@ def evaluate_retrieval(
         dsl = load_metric("video_text_retrieval").compute(predictions=sim, references=targets, dsl=True)
         results.update({f"dsl/{k}": v for k, v in dsl.items()})
         results.update(split_pair_accuracy(sim, targets, indices, dataset.dataset))
+        results.update(twin_cosine(video_embeds, indices, dataset.dataset))
     return results
+
+
+def twin_cosine(video_embeds, indices, split) -> dict[str, float]:
+    """Mean cosine between the embeddings of a clip and its reversed twin (`twin_cosine`; 1.0 = the model cannot
+    tell the two orders apart at all). `video_embeds` [videos, E] in the order of `indices` (split rows); pairs are
+    the `pair_id` groups of exactly two videos. Empty when the split has no `pair_id` column or no pair."""
+    if "pair_id" not in split.column_names:
+        return {}
+    groups: dict = {}
+    for position, pair in enumerate(split.select([int(i) for i in indices])["pair_id"]):
+        groups.setdefault(pair, []).append(position)
+    pairs = [members for members in groups.values() if len(members) == 2]
+    if not pairs:
+        return {}
+    embeds = F.normalize(torch.as_tensor(video_embeds, dtype=torch.float32), dim=-1)
+    first, second = (torch.tensor([members[k] for members in pairs]) for k in (0, 1))
+    return {"twin_cosine": float((embeds[first] * embeds[second]).sum(-1).mean())}
 
 
 def evaluate_classification(
