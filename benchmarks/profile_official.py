@@ -6,7 +6,7 @@ tells the pixel-space prompter convolutions [B, C, T, 224, 224] from the inter-f
 a per-module breakdown of the eval forward to a markdown file.
 
     python -m benchmarks.profile_official --output benchmarks/results/profile_official.md
-    python -m benchmarks.profile_official --fast   # with benchmarks.speed.use_fast_official_convs (candidate speed-up)
+    python -m benchmarks.profile_official --fast   # `official_fast` of benchmarks.speed: now the same model
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def main(argv=None):
     parser.add_argument(
         "--fast",
         action="store_true",
-        help="profile the candidate speed-up: pixel prompter convs in channels_last_3d, inter-frame convs by FFT",
+        help="profile `official_fast` of benchmarks.speed: the same model as without it (pixel prompter convs in "
+        "channels_last_3d and inter-frame convs by FFT are the package default)",
     )
     parser.add_argument("--bf16", action="store_true", help="under torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument(
