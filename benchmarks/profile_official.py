@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.speed import build_model, machine_info, make_inputs
+from benchmarks.speed import build_model, machine_info, make_inputs, make_step
 
 
 def module_breakdown(model, pixels, repeats: int) -> list[tuple[str, float]]:
@@ -220,17 +220,8 @@ def main(argv=None):
     print("\n".join(out), flush=True)
 
     if args.train_batch_size:
-        model.train()
         pixels, ids = make_inputs(spec, model, args.train_batch_size)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
-            loss.backward()
-            optimizer.step()
-
+        step = make_step(name, "train", model, pixels, ids, autocast, {})  # the step benchmarks.speed times
         start = time.perf_counter()
         for _ in range(args.train_warmup):
             step()
