@@ -149,6 +149,29 @@ def test_stop_config_overrides_are_typed_like_the_config_fields():
         stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
 
+def test_the_script_finds_the_checkout_through_a_pth_file_alone(tmp_path):
+    """`accelerate launch training/train.py` from a venv that `make setup` made: the script has no sys.path code, the
+    checkout comes from a .pth file (here: a bare venv whose .pth names the checkout and this venv's packages)."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "checkout.pth").write_text(f"{REPO_ROOT}\n{sysconfig.get_path('purelib')}\n")
+    env = {key: value for key, value in ENV.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(python), str(TRAIN), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--stop_config_overrides" in result.stdout and "--resume_from_checkpoint" in result.stdout
+
+
 def test_model_card_holds_hub_metadata_and_test_metrics_as_model_index(tmp_path):
     from huggingface_hub import ModelCard
 

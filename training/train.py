@@ -3,7 +3,10 @@
     accelerate launch training/train.py --dataset_name data/synthetic --output_dir runs/stop-synthetic
 
 Reads top to bottom like the transformers `*_no_trainer.py` examples: arguments, Accelerator, data, model,
-optimizer and schedule, `accelerator.prepare`, the training loop, checkpointing, evaluation, `push_to_hub`.
+optimizer and schedule, `accelerator.prepare`, the training loop, checkpointing, evaluation, `push_to_hub`. What it
+writes besides the model is `training/reporting.py`; checkpoints and exact resume `training/checkpointing.py`; the
+guards against bad input `training/guards.py`; the evaluation `training/evaluation.py` (shared with
+`benchmarks/run_eval.py`).
 
 - `--task retrieval`: symmetric InfoNCE over the text-video pairs of the GLOBAL batch (embeddings are gathered
   across processes with their gradient, so 2 processes x batch n compute the loss of 1 process x batch 2n).
@@ -644,9 +647,10 @@ class TrainingRun:
         return SELECTION_METRIC[self.args.task]
 
 
-def validate(run: TrainingRun, state: TrainState, epoch: int, epoch_zero_competes: bool):
+def validate(run: TrainingRun, state: TrainState, epoch: int, epoch_zero_competes: bool = False):
     """Validation metrics of `epoch` (0 = before training), logged; the best model so far is kept in
-    `checkpoints/best` and recorded in `state`."""
+    `checkpoints/best` and recorded in `state`. Epoch 0 competes only when stage 1 of the recipe trained the model
+    before it (`epoch_zero_competes`)."""
     if "validation" not in run.evaluate.datasets:
         return
     accelerator, metric = run.accelerator, run.selection_metric
@@ -810,6 +814,19 @@ def load_best_model(model: STOPModel, checkpoints_dir: Path):
         model.load_state_dict(STOPModel.from_pretrained(best_dir).state_dict())
 
 
+def run_summary(run: TrainingRun, state: TrainState, training_path: str, head_stage_summary: dict) -> dict:
+    """What `all_results.json` says of the training (the test metrics are added to it)."""
+    return {
+        "best_epoch": state.best_epoch,
+        f"best_val_{run.selection_metric}": state.best_metric,
+        "train_steps": state.completed_steps,
+        "train_runtime": state.seconds(),
+        "num_skipped_train_videos": sum(len(v) for v in state.skipped.values()),
+        "training_path": training_path,
+        **head_stage_summary,
+    }
+
+
 def evaluate_test(run: TrainingRun, state: TrainState) -> dict | None:
     """Test metrics of the final model, logged and printed (None without a test split)."""
     if "test" not in run.evaluate.datasets:
@@ -937,16 +954,16 @@ def main(argv=None):
     )
     metrics_log = MetricsLog(Path(args.output_dir) / "metrics.jsonl", accelerator.is_main_process)
     run = TrainingRun(
-        args,
-        accelerator,
-        model,
-        optimizer,
-        lr_scheduler,
-        train_dataloader,
-        train_dataset,
-        evaluator,
-        metrics_log,
-        checkpoints_dir,
+        args=args,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        train_dataloader=train_dataloader,
+        train_dataset=train_dataset,
+        evaluate=evaluator,
+        metrics_log=metrics_log,
+        checkpoints_dir=checkpoints_dir,
     )
 
     # Resume, and the untrained model (zero-shot; after stage 1 when it ran) as the baseline to beat
@@ -968,7 +985,7 @@ def main(argv=None):
     for epoch in range(state.epoch, args.num_train_epochs):
         train_epoch(run, state, epoch, class_inputs, bad_videos, progress_bar)
         report_skipped_videos(run, state, epoch, bad_videos)
-        validate(run, state, epoch + 1, epoch_zero_competes=bool(head_stage_summary))
+        validate(run, state, epoch + 1)
         state.epoch, state.batches_in_epoch = epoch + 1, 0
         if args.checkpointing_steps == "epoch":
             save_checkpoint(
@@ -981,17 +998,9 @@ def main(argv=None):
     progress_bar.close()
     accelerator.wait_for_everyone()
     load_best_model(unwrapped, checkpoints_dir)
-    results = {
-        "best_epoch": state.best_epoch,
-        f"best_val_{run.selection_metric}": state.best_metric,
-        "train_steps": state.completed_steps,
-        "train_runtime": state.seconds(),
-        "num_skipped_train_videos": sum(len(v) for v in state.skipped.values()),
-        "training_path": training_path,
-        **head_stage_summary,
-    }
+    results = run_summary(run, state, training_path, head_stage_summary)
     test_results = evaluate_test(run, state)
-    if test_results:
+    if test_results is not None:
         results.update({f"test_{k}": v for k, v in test_results.items()})
     if args.with_tracking:
         accelerator.end_training()
