@@ -6,7 +6,7 @@ tells the pixel-space prompter convolutions [B, C, T, 224, 224] from the inter-f
 a per-module breakdown of the eval forward to a markdown file.
 
     python -m benchmarks.profile_official --output benchmarks/results/profile_official.md
-    python -m benchmarks.profile_official --fast   # with benchmarks.speed.use_fast_official_convs (candidate speed-up)
+    python -m benchmarks.profile_official --fast   # `official_fast` of benchmarks.speed: now the same model
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.speed import build_model, machine_info, make_inputs
+from benchmarks.speed import build_model, machine_info, make_inputs, make_step
 
 
 def module_breakdown(model, pixels, repeats: int) -> list[tuple[str, float]]:
@@ -149,7 +149,8 @@ def main(argv=None):
     parser.add_argument(
         "--fast",
         action="store_true",
-        help="profile the candidate speed-up: pixel prompter convs in channels_last_3d, inter-frame convs by FFT",
+        help="profile `official_fast` of benchmarks.speed: the same model as without it (pixel prompter convs in "
+        "channels_last_3d and inter-frame convs by FFT are the package default)",
     )
     parser.add_argument("--bf16", action="store_true", help="under torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument(
@@ -219,17 +220,8 @@ def main(argv=None):
     print("\n".join(out), flush=True)
 
     if args.train_batch_size:
-        model.train()
         pixels, ids = make_inputs(spec, model, args.train_batch_size)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
-            loss.backward()
-            optimizer.step()
-
+        step = make_step(name, "train", model, pixels, ids, autocast, {})  # the step benchmarks.speed times
         start = time.perf_counter()
         for _ in range(args.train_warmup):
             step()

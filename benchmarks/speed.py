@@ -22,8 +22,9 @@ every step, freed heap trimmed) on CPU, `torch.cuda.max_memory_allocated` growth
 machine and its load average.
 
 Cost of the default run on a 2-core CPU: an estimated 5-6 minutes when idle, 15 minutes and more when other
-processes share the cores (the official training step alone takes about one minute idle, three under load, per dtype). `--models ... official_fast` adds the candidate
-faster convolutions of the official variant (`use_fast_official_convs`).
+processes share the cores (the official training step alone takes about one minute idle, three under load, per dtype).
+`--models ... official_authors` adds the official variant computed as the authors' code computes it
+(`use_authors_official_convs`).
 
     python -m benchmarks.speed                       # full run, writes benchmarks/results/speed_cpu.json + .md
     python -m benchmarks.speed --device cuda --output benchmarks/results/speed_cuda.json
@@ -63,12 +64,21 @@ MODELS = {
     "paper_no_spatial": dict(variant="paper", use_spatial_prompt=False),
     "paper_no_temporal": dict(variant="paper", use_temporal_prompt=False),
     "paper_dgl_only": dict(variant="paper", use_spatial_prompt=False, use_temporal_prompt=False),
-    # the official variant with the faster convolutions of `use_fast_official_convs` (same numbers up to rounding)
+    # the official variant as built (its channels_last_3d and FFT convolutions are the package default); the name of
+    # the candidate speed-up that became that default, kept so that earlier commands and result files stay valid
     "official_fast": dict(variant="official"),
     # the official variant computed as the authors' code does (`use_authors_official_convs`): the reference cost
     "official_authors": dict(variant="official"),
 }
 DEFAULT_MODELS = [BACKBONE, "official", "paper"]
+# --tiny: small prompter kernels and top-k for the tiny CLIP (4 frames, 32 px).
+TINY_PROMPTERS = dict(
+    inter_kernel=(3, 5, 7),
+    prompter_kernel=(3, 3, 3),
+    region_kernel=(3, 3, 3),
+    frame_weight_kernel=(3, 3, 3),
+    spatial_top_k=3,
+)
 DTYPES = ("float32", "bf16")
 TARGETS = [
     # (name, stage, model, batch, dtype, limit): ratios to the backbone, from the project's issues
@@ -147,63 +157,21 @@ def build_model(name: str, spec: dict):
     from modeling_stop import STOPConfig, STOPModel
 
     geometry = clip_geometry(spec["tiny"])
-    stop_kwargs = dict(MODELS[name])
-    if spec["tiny"]:
-        stop_kwargs.update(
-            inter_kernel=(3, 5, 7),
-            prompter_kernel=(3, 3, 3),
-            region_kernel=(3, 3, 3),
-            frame_weight_kernel=(3, 3, 3),
-            spatial_top_k=3,
-        )
+    stop_kwargs = dict(MODELS[name], **(TINY_PROMPTERS if spec["tiny"] else {}))
     torch.manual_seed(spec["seed"])  # same CLIP weights for every model
     config = STOPConfig(**geometry, num_frames=spec["frames"], max_words=spec["max_words"], **stop_kwargs)
     model = STOPModel(config)
-    if name == "official_fast":
-        use_fast_official_convs(model)
     if name == "official_authors":
         use_authors_official_convs(model)
     return model.to(spec["device"])
 
 
-# ------------------------------------------------------------------------------------------------ candidate speed-up
+# ---------------------------------------------------------------------------------------- the official convolutions
 FAST_NOTE = (
-    "official_fast = the official variant with benchmarks.speed.use_fast_official_convs: the pixel-space prompter's "
-    "Conv3d stack runs in channels_last_3d memory format and the inter-frame prompt's Conv3d modules run through FFTs "
-    "(same parameters; outputs equal up to float rounding, the parity tests pass with it)."
+    "official_fast = the official variant as the package builds it (the same model as official): its pixel-space "
+    "prompter's Conv3d stack runs in channels_last_3d memory format and its inter-frame prompt's Conv3d modules run "
+    "through FFTs by default (same parameters; outputs equal the direct convolutions up to float rounding)."
 )
-
-
-def use_fast_official_convs(model):
-    """The official variant's speed-up (now the package's default: this re-applies it, for runs comparing it with the
-    direct convolutions of an older build), applied to one model instance:
-    the pixel-space prompter's Conv3d stack (and region conv) runs in channels_last_3d memory format (its input is
-    converted; oneDNN then keeps that layout through the stack), and the inter-frame prompt's Conv3d modules
-    (kernels (3, 15, 25) and (5, 11, 11) over [T, 49, 768]) run through FFTs. Parameters and state-dict keys are
-    unchanged; outputs equal the direct convolutions up to float rounding."""
-    import types
-
-    import torch
-
-    def channels_last(conv):
-        def forward(self, x):
-            return self._conv_forward(x.contiguous(memory_format=torch.channels_last_3d), self.weight, self.bias)
-
-        conv.forward = types.MethodType(forward, conv)
-
-    def fft(conv):
-        from modeling_stop.modeling_stop import FFTConv3d
-
-        conv.forward = types.MethodType(FFTConv3d.forward, conv)
-
-    if model.spatial_prompter is not None and model.config.variant == "official":
-        channels_last(model.spatial_prompter.conv[0])
-        channels_last(model.spatial_prompter.region_score)
-    if model.temporal_prompter is not None and model.config.variant == "official":
-        fft(model.temporal_prompter.inter_conv[0])
-        fft(model.temporal_prompter.inter_conv[2])
-        fft(model.temporal_prompter.frame_weight)
-    return model
 
 
 AUTHORS_NOTE = (
@@ -214,10 +182,23 @@ AUTHORS_NOTE = (
 )
 
 
+def official_prompters(model) -> tuple:
+    """`(spatial, temporal)`: the model's prompters of the released formulation (pixel-space spatial prompter,
+    convolutional inter-frame prompt), None where the model has another kind or none."""
+    from modeling_stop.modeling_stop import STOPOfficialSpatialPrompter, STOPOfficialTemporalPrompter
+
+    spatial, temporal = model.spatial_prompter, model.temporal_prompter
+    return (
+        spatial if isinstance(spatial, STOPOfficialSpatialPrompter) else None,
+        temporal if isinstance(temporal, STOPOfficialTemporalPrompter) else None,
+    )
+
+
 def use_authors_official_convs(model):
-    """The official variant's convolutions as the authors' code runs them, applied to one model instance: direct
+    """The official prompters' convolutions as the authors' code runs them, applied to one model instance: direct
     NCDHW Conv3d for the pixel-space prompter stack, the full-resolution region-score conv followed by the grid
-    pooling, and direct (not FFT) inter-frame convolutions. Parameters and state-dict keys are unchanged."""
+    pooling, and direct (not FFT) inter-frame convolutions. Parameters and state-dict keys are unchanged; other
+    prompters are left as they are."""
     import types
 
     import torch
@@ -235,14 +216,14 @@ def use_authors_official_convs(model):
             score = self.region_score(video.contiguous()).squeeze(1)
         return top_k_mask(pool_to_grid(score, self.grid, self.layout), self.top_k)
 
-    spatial, temporal = model.spatial_prompter, model.temporal_prompter
-    if spatial is not None and model.config.variant == "official":
+    spatial, temporal = official_prompters(model)
+    if spatial is not None:
         for module in spatial.conv:
             if isinstance(module, torch.nn.Conv3d):
                 ncdhw(module)
         ncdhw(spatial.region_score)
         spatial.region_mask = types.MethodType(region_mask, spatial)
-    if temporal is not None and model.config.variant == "official":
+    if temporal is not None:
         for conv in (temporal.inter_conv[0], temporal.inter_conv[2], temporal.frame_weight):
             conv.forward = types.MethodType(torch.nn.Conv3d.forward, conv)
     return model
@@ -765,7 +746,8 @@ def parse_args(argv=None):
         nargs="+",
         default=DEFAULT_MODELS,
         choices=list(MODELS),
-        help="official_fast = the official variant with the candidate faster convolutions (use_fast_official_convs)",
+        help="official_authors = the official variant with the authors' direct convolutions (use_authors_official_convs); "
+        "official_fast = official (its fast convolutions are the package default)",
     )
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per stage/batch/dtype (at most)")

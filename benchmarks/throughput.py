@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.speed import BACKBONE, MODELS, TINY_PROMPTERS, clip_geometry
 from modeling_stop import STOPConfig, STOPModel, STOPVideoProcessor
 from modeling_stop.video_io import read_video_frames, resize_shortest_edge
 from training.data import VideoTextCollator, VideoTextDataset, build_dataloader
@@ -43,6 +44,13 @@ DEFAULT_VIDEO_DIR = Path(".cache/sample_videos")
 # at 224 px (a ViT-B/32 STOP forward of 12 frames costs more than decoding them), batches of 4 videos.
 DEFAULT_NUM_WORKERS = 2
 DEFAULT_BATCH_SIZE = 4
+# --variant: how the report names each choice; its STOPConfig options are those of benchmarks.speed.MODELS
+# (BACKBONE: the frozen CLIP with mean pooling, no prompt module at all).
+VARIANT_NAMES = {
+    "paper": "STOP variant=paper",
+    "official": "STOP variant=official",
+    BACKBONE: "frozen CLIP + mean pooling",
+}
 
 
 class TimedVideoProcessor(STOPVideoProcessor):
@@ -88,34 +96,16 @@ class TimedCollator(VideoTextCollator):
         return batch
 
 
-def tiny_geometry() -> dict:
-    from benchmarks.speed import clip_geometry
-
-    return clip_geometry(tiny=True)
-
-
 def build_model(args) -> STOPModel:
     if args.model:
         return STOPModel.from_pretrained(args.model)
-    from benchmarks.speed import clip_geometry
-
     torch.manual_seed(args.seed)
-    kwargs = {}
-    if args.tiny:
-        kwargs = dict(
-            inter_kernel=(3, 5, 7),
-            prompter_kernel=(3, 3, 3),
-            region_kernel=(3, 3, 3),
-            frame_weight_kernel=(3, 3, 3),
-            spatial_top_k=3,
-        )
-    variant = (
-        dict(variant=args.variant)
-        if args.variant != "backbone"
-        else dict(use_dgl_prompts=False, use_spatial_prompt=False, use_temporal_prompt=False)
-    )
     config = STOPConfig(
-        **clip_geometry(args.tiny), num_frames=args.frames, max_words=args.max_words, **variant, **kwargs
+        **clip_geometry(args.tiny),
+        num_frames=args.frames,
+        max_words=args.max_words,
+        **MODELS[args.variant],
+        **(TINY_PROMPTERS if args.tiny else {}),
     )
     return STOPModel(config)
 
@@ -236,8 +226,7 @@ def run(args) -> dict:
         command="python -m benchmarks.throughput " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
         mode=args.mode,
         model=args.model
-        or (f"STOP variant={args.variant}" if args.variant != "backbone" else "frozen CLIP + mean pooling")
-        + (", tiny CLIP" if args.tiny else ", CLIP ViT-B/32 geometry, random weights"),
+        or VARIANT_NAMES[args.variant] + (", tiny CLIP" if args.tiny else ", CLIP ViT-B/32 geometry, random weights"),
         settings=dict(
             num_videos=args.num_videos,
             distinct_videos=len(set(files)),
@@ -293,7 +282,7 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num_workers", type=int, default=DEFAULT_NUM_WORKERS, help="DataLoader decoding processes")
-    parser.add_argument("--variant", choices=("paper", "official", "backbone"), default="paper")
+    parser.add_argument("--variant", choices=tuple(VARIANT_NAMES), default="paper")
     parser.add_argument("--model", default=None, help="a saved STOP folder instead of the random ViT-B/32 geometry")
     parser.add_argument("--max_words", type=int, default=32)
     parser.add_argument("--tiny", action="store_true", help="tiny CLIP at 32 px (tests)")

@@ -86,7 +86,7 @@ def test_dtype_statements_match_the_weights_file_and_the_config():
 
 def test_model_card_snippet_loads_the_folder_it_was_written_for(tmp_path):
     from tests.tiny import stop_config
-    from training.train import write_model_card
+    from training.reporting import write_model_card
 
     output_dir = tmp_path / "runs" / "stop-tiny"
     output_dir.mkdir(parents=True)

@@ -97,16 +97,16 @@ def max_weight_difference(a, b):
 # --------------------------------------------------------------------------------------------- in-process units
 
 
-def test_optimizer_groups_exclude_biases_norms_prelu_and_prompt_embeddings_from_weight_decay():
+def test_parameter_groups_exclude_biases_norms_prelu_and_prompt_embeddings_from_weight_decay():
     from tests.tiny import tiny_stop
-    from training.train import optimizer_groups
+    from training.recipe import parameter_groups
 
     model = tiny_stop(variant="paper", frame_position_embeddings=True, temporal_head="seqTransf")
-    decay, no_decay = optimizer_groups(model, 0.1)
+    groups = parameter_groups(model, 1e-3, 0.1)
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.1}
     names = {id(p): n for n, p in model.named_parameters()}
-    no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    decay_names = {names[id(p)] for p in decay["params"]}
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    no_decay_names = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decay_names = {names[id(p)] for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
     assert "global_prompts" in no_decay_names and "prompt_generator.embedding.weight" in no_decay_names
     assert all(n.endswith(("weight",)) for n in decay_names)
     assert not any("bias" in n or "norm" in n or "ln_" in n or ".act." in n for n in decay_names)
@@ -149,11 +149,34 @@ def test_stop_config_overrides_are_typed_like_the_config_fields():
         stop_options(parse_args(["--dataset_name", "x", "--output_dir", "y", "--stop_config_overrides", "bad=1"]))
 
 
+def test_the_script_finds_the_checkout_through_a_pth_file_alone(tmp_path):
+    """`accelerate launch training/train.py` from a venv that `make setup` made: the script has no sys.path code, the
+    checkout comes from a .pth file (here: a bare venv whose .pth names the checkout and this venv's packages)."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "checkout.pth").write_text(f"{REPO_ROOT}\n{sysconfig.get_path('purelib')}\n")
+    env = {key: value for key, value in ENV.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(python), str(TRAIN), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--stop_config_overrides" in result.stdout and "--resume_from_checkpoint" in result.stdout
+
+
 def test_model_card_holds_hub_metadata_and_test_metrics_as_model_index(tmp_path):
     from huggingface_hub import ModelCard
 
     from tests.tiny import stop_config
-    from training.train import write_model_card
+    from training.reporting import write_model_card
 
     (tmp_path / "synthetic").mkdir()  # a local dataset folder is named by its folder name
     write_model_card(
@@ -529,7 +552,7 @@ def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_vali
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints_and_ignores_other_folders(tmp_path):
-    from training.train import STATE_FILE, rotate_checkpoints
+    from training.checkpointing import STATE_FILE, rotate_checkpoints
 
     for step in (1, 2, 3, 10):
         (tmp_path / f"step_{step}").mkdir()

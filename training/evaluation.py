@@ -29,6 +29,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from training.data import reversed_pair_accuracy, split_pair_accuracy
+from training.defaults import label_texts
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "metrics"
 RECALL_KS = (1, 5, 10)
@@ -158,7 +159,7 @@ def embed_text_list(
 
 def format_template(template: str, name: str) -> str:
     """A class name in a template: `"a video of {}"` and `"a video of {label}"` both work."""
-    return template.replace("{label}", "{}").format(name)
+    return label_texts([name], template)[0]
 
 
 def class_text_embeds(

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,16 +28,13 @@ from pathlib import Path
 # On a busy shared CPU, OpenMP threads that spin while waiting make a step several times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-if __package__ in (None, ""):  # run as a script: python training/pretrain_clip.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.defaults import DEFAULT_CLIP  # noqa: E402
-from training.synthetic import (  # noqa: E402
+from training.defaults import DEFAULT_CLIP
+from training.synthetic import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -53,7 +49,7 @@ from training.synthetic import (  # noqa: E402
     sample_still,
     still_caption,
 )
-from training.tokenizer import build_clip_tokenizer  # noqa: E402
+from training.tokenizer import build_clip_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
