@@ -38,6 +38,7 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     _split_heads,
     encode_paper_video,
 )
+from .prompting_official import plane_fft_same_conv3d
 
 
 @dataclass
@@ -414,13 +415,14 @@ class STOPOfficialSpatialPrompter(nn.Module):
         super().__init__()
         c1, c2, c3 = config.prompter_channels
         k = config.prompter_kernel
+        # On CPU through 2-D FFTs over (H, W) (`PlaneFFTConv3d`): ~20x fewer operations than the direct 3D conv.
         self.conv = nn.Sequential(
-            _same_conv3d(3, c1, k),
-            _same_conv3d(c1, c1, k),
+            plane_fft_same_conv3d(3, c1, k),
+            plane_fft_same_conv3d(c1, c1, k),
             nn.PReLU(),
-            _same_conv3d(c1, c2, k),
+            plane_fft_same_conv3d(c1, c2, k),
             nn.PReLU(),
-            _same_conv3d(c2, c3, k),
+            plane_fft_same_conv3d(c2, c3, k),
         )
         self.mlp = nn.Sequential(
             nn.Linear(c3, config.prompter_mlp_dim), nn.PReLU(), nn.Linear(config.prompter_mlp_dim, 3)
@@ -457,13 +459,23 @@ class STOPOfficialSpatialPrompter(nn.Module):
         return cells / count + conv.bias  # [B, T, g, g]
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels_last_3d: oneDNN keeps that layout through the whole conv stack (3-4x faster backward on CPU).
-        video = pixel_values.transpose(1, 2).contiguous(memory_format=torch.channels_last_3d)  # [B, 3, T, H, W]
-        prompt = self.dropout(self.conv(video)).permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]
-        prompt = self.dropout(self.dropout(self.mlp(prompt))).permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
+        video = pixel_values.transpose(1, 2)  # [B, 3, T, H, W]
+        if video.device.type != "cpu":
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+        prompt = self.dropout(self.conv(video)).transpose(1, 2)  # [B, T, C, H, W]
+        prompt = self.dropout(self.dropout(self.pixel_mlp(prompt)))  # [B, T, 3, H, W]
         mask = self.region_mask(video)
         mask_px = grid_to_pixels(mask, self.patch, self.layout).unsqueeze(2).to(prompt.dtype)
         return pixel_values + self.scale * prompt + self.scale * prompt * mask_px, mask
+
+    def pixel_mlp(self, features: torch.Tensor) -> torch.Tensor:
+        """`self.mlp` over the channels of every pixel, channels first: [B, T, C, H, W] -> [B, T, 3, H, W]."""
+        fc1, act, fc2 = self.mlp
+        b, t, c, h, w = features.shape
+        x = features.reshape(b * t, c, h * w)
+        x = act(torch.baddbmm(fc1.bias[:, None], fc1.weight.expand(b * t, -1, -1), x))
+        x = torch.baddbmm(fc2.bias[:, None], fc2.weight.expand(b * t, -1, -1), x)
+        return x.view(b, t, -1, h, w)
 
 
 class STOPOfficialTemporalPrompter(nn.Module):
