@@ -44,8 +44,8 @@ class PlaneFFTConv3d(nn.Conv3d):
     axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
     are those of `nn.Conv3d`; outputs equal the direct convolution up to float32 rounding (relative 1e-6).
 
-    The output is [B, C_out, T, H, W] stored as [B, T, C_out, H, W] (a transposed view): the next convolution of a
-    stack reads its planes contiguously. In eval (no gradient needed for the weight) the kernel's spectrum is
+    The output is [B, C_out, T, H, W] as torch's FFT leaves it, stored [T, B, C_out, H, W] (a permuted view): the
+    next convolution of a stack reads its planes without a transpose. In eval (no gradient needed for the weight) the kernel's spectrum is
     cached per weight version."""
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
@@ -72,9 +72,10 @@ class PlaneFFTConv3d(nn.Conv3d):
         return fast_fft_length(height + self.kernel_size[1] // 2), fast_fft_length(width + self.kernel_size[2] // 2)
 
     def kernel_spectrum(self, length_h: int, length_w: int) -> torch.Tensor:
-        """The weight's spectrum K as the real matrix of the complex product `X @ K` on interleaved (real, imaginary)
-        pairs: [L_h * (L_w // 2 + 1), kt * C_in * 2, C_out * 2], cached when no gradient is needed. (A real batched
-        matmul: on CPU, torch's complex `bmm` of these small matrices is several times slower.)"""
+        """The weight's spectrum K, per temporal tap, as the real matrix of the complex product `X @ K` on
+        interleaved (real, imaginary) pairs: kt tensors [L_h * (L_w // 2 + 1), C_in * 2, C_out * 2], cached when no gradient
+        is needed. (A real batched matmul: on CPU, torch's complex `bmm` of these small matrices is several times
+        slower.)"""
         weight = self.weight
         needs_grad = torch.is_grad_enabled() and weight.requires_grad
         key = (length_h, length_w, weight._version, weight.data_ptr(), weight.device, weight.dtype)
@@ -86,11 +87,12 @@ class PlaneFFTConv3d(nn.Conv3d):
         e_w = shifted_dft_matrix(length_w, kw, length_w // 2 + 1, weight.device)  # [L_w', kw]
         # sum_b w[..., a, b] e_w[v, b] -> [C_out, C_in, kt, kh, L_w'], then sum_a e_h[u, a] (.)[a, ...]
         along_w = weight.float().to(torch.complex64) @ e_w.t()
-        along_w = along_w.permute(3, 4, 2, 1, 0).reshape(kh, -1)  # [kh, L_w' * kt * C_in * C_out]
-        spectrum = (e_h @ along_w).view(length_h * (length_w // 2 + 1), kt * c_in, c_out)
-        re, im = spectrum.real, spectrum.imag
-        # rows (k, re | im), columns (n, re | im): y_re = x_re K_re - x_im K_im, y_im = x_re K_im + x_im K_re
-        spectrum = torch.stack([torch.stack([re, im], -1), torch.stack([-im, re], -1)], 2).flatten(3).flatten(1, 2)
+        along_w = along_w.permute(2, 3, 4, 1, 0).reshape(kt, kh, -1)  # [kt, kh, L_w' * C_in * C_out]
+        spectrum = (e_h @ along_w).view(kt, length_h * (length_w // 2 + 1), c_in, c_out)
+        # rows (ci, re | im), columns (co, re | im): y_re = x_re K_re - x_im K_im, y_im = x_re K_im + x_im K_re, i.e.
+        # row (ci, re) holds K[ci] as (re, im) pairs and row (ci, im) holds i K[ci]
+        spectrum = torch.stack([torch.view_as_real(spectrum), torch.view_as_real(spectrum * 1j)], dim=3)
+        spectrum = spectrum.view(kt, length_h * (length_w // 2 + 1), 2 * c_in, 2 * c_out).unbind(0)
         if not needs_grad:
             self._spectrum_cache = (key, spectrum)
         return spectrum
@@ -101,20 +103,21 @@ class PlaneFFTConv3d(nn.Conv3d):
         length_h, length_w = self._lengths(h, w)
         freqs = length_h * (length_w // 2 + 1)
         pad = kt // 2
-        frames = x.transpose(1, 2)  # [B, T, C_in, H, W]
-        if pad:  # zero frames on both ends: the temporal taps' padding (their spectra are zero)
-            frames = torch.cat([frames.new_zeros(b, pad, c_in, h, w), frames, frames.new_zeros(b, pad, c_in, h, w)], 1)
-        planes = torch.fft.rfft2(frames, s=(length_h, length_w)).flatten(3)  # [B, T + kt - 1, C_in, F]
-        # The frames t .. t + kt - 1 of each output frame t side by side, frequencies first: [F, T * B, kt * C_in],
-        # so the temporal taps and the channel mixing are one matmul per frequency.
-        taps = planes.unfold(1, kt, 1).permute(3, 1, 0, 4, 2).reshape(freqs, t * b, kt * c_in)
-        out = torch.bmm(torch.view_as_real(taps).flatten(2), self.kernel_spectrum(length_h, length_w))
-        out = torch.view_as_complex(out.view(freqs, t * b, c_out, 2))  # [F, T * B, C_out]
+        planes = torch.fft.rfft2(x.permute(2, 0, 1, 3, 4), s=(length_h, length_w))  # [T, B, C_in, L_h, L_w']
+        # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
+        # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
+        spectra = planes.new_zeros(freqs, t + 2 * pad, b, c_in)
+        spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
+        spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
+        kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
+        out = torch.bmm(spectra[:, : t * b], kernel[0])
+        for dt in range(1, kt):
+            out.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
+        out = torch.view_as_complex(out.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
         if self.bias is not None:  # a constant over the plane is its zero frequency times the plane size
-            out[0] += self.bias.to(out.dtype) * (length_h * length_w)
-        out = out.view(length_h, length_w // 2 + 1, t, b, c_out).permute(3, 2, 4, 0, 1)  # [B, T, C_out, L_h, L_w']
-        frames = torch.fft.irfft2(out, s=(length_h, length_w))[..., :h, :w]
-        return frames.transpose(1, 2)  # [B, C_out, T, H, W]
+            out[0, 0] += self.bias.to(out.dtype) * (length_h * length_w)
+        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1))[:h, :w]  # [H, W, T, B, C_out]
+        return frames.permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
 
 
 def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneFFTConv3d:
