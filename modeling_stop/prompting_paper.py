@@ -60,6 +60,8 @@ class TokenConv3d(nn.Conv3d):
         padded = F.pad(x, (0, 0, 0, 0, pad, pad))
         stacked = torch.stack([padded[:, :, i : i + t] for i in range(kt)], dim=1)  # [B, kt, C, T, h, w]
         stacked = stacked.permute(0, 3, 1, 2, 4, 5).reshape(b * t, kt * c, h, w)
+        # channels_last: oneDNN's NCHW kernel for these few-pixel, many-channel maps is ~100x slower on CPU
+        stacked = stacked.contiguous(memory_format=torch.channels_last)
         weight = self.weight.transpose(1, 2).reshape(self.out_channels, kt * c, *self.kernel_size[1:])
         out = F.conv2d(stacked, weight, self.bias, padding=self.padding[1:])
         return out.view(b, t, self.out_channels, h, w).transpose(1, 2)
