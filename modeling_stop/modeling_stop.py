@@ -34,6 +34,7 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     STOPFrameIdentity,
     STOPPaperSpatialPrompting,
     STOPPaperTemporalPrompting,
+    _attention,
     _merge_heads,
     _split_heads,
     encode_paper_video,
@@ -300,7 +301,7 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
         always = frame_valid.new_ones(batch, num_global)
         frame_mask = torch.cat([always.unsqueeze(1).expand(-1, frames, -1), frame_valid], dim=2)[:, :, None, None]
         video_mask_ = torch.cat([always, frame_valid.flatten(1)], dim=1)[:, None, None]
-    out_f = F.scaled_dot_product_attention(qf, frame_keys(kg, kf), frame_keys(vg, vf), attn_mask=frame_mask)
+    out_f = _attention(qf, frame_keys(kg, kf), frame_keys(vg, vf), attn_mask=frame_mask)
 
     def video_keys(g, f):  # [B,H,G+T*S,hd]
         return torch.cat([g, f.transpose(1, 2).flatten(2, 3)], dim=2)
@@ -358,12 +359,25 @@ class FFTConv3d(nn.Conv3d):
         dims = (2, 3, 4)
         with torch.autocast("cpu", enabled=False):
             spectrum = torch.fft.rfftn(x.float(), s=lengths, dim=dims)
-            kernel = torch.fft.rfftn(self.weight.float().flip(dims), s=lengths, dim=dims)  # correlation = flipped conv
+            kernel = self.kernel_spectrum(lengths)
             full = torch.fft.irfftn(torch.einsum("bc...,oc...->bo...", spectrum, kernel), s=lengths, dim=dims)
             out = full[:, :, pads[0] : pads[0] + size[0], pads[1] : pads[1] + size[1], pads[2] : pads[2] + size[2]]
             if self.bias is not None:
                 out = out + self.bias.float().view(1, -1, 1, 1, 1)
         return out.to(x.dtype)
+
+    def kernel_spectrum(self, lengths) -> torch.Tensor:
+        """rfftn of the flipped weight (correlation = flipped convolution), cached when no gradient is needed."""
+        weight, dims = self.weight, (2, 3, 4)
+        needs_grad = torch.is_grad_enabled() and weight.requires_grad
+        key = (tuple(lengths), weight._version, weight.data_ptr(), weight.device, weight.dtype)
+        cached = getattr(self, "_spectrum_cache", None)
+        if not needs_grad and cached is not None and cached[0] == key:
+            return cached[1]
+        kernel = torch.fft.rfftn(weight.float().flip(dims), s=lengths, dim=dims)
+        if not needs_grad:
+            self._spectrum_cache = (key, kernel)
+        return kernel
 
 
 def _fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> FFTConv3d:
