@@ -44,8 +44,8 @@ class PlaneFFTConv3d(nn.Conv3d):
     axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
     are those of `nn.Conv3d`; outputs equal the direct convolution up to float32 rounding (relative 1e-6).
 
-    The output is [B, C_out, T, H, W] as torch's FFT leaves it, stored [T, B, C_out, H, W] (a permuted view): the
-    next convolution of a stack reads its planes without a transpose. In eval (no gradient needed for the weight) the kernel's spectrum is
+    The output is [B, C_out, T, H, W] stored as [T, B, C_out, H, W] (a permuted view): the next convolution of a
+    stack reads its planes without a transpose. In eval (no gradient needed for the weight) the kernel's spectrum is
     cached per weight version."""
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
@@ -106,7 +106,9 @@ class PlaneFFTConv3d(nn.Conv3d):
         planes = torch.fft.rfft2(x.permute(2, 0, 1, 3, 4), s=(length_h, length_w))  # [T, B, C_in, L_h, L_w']
         # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
         # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
-        spectra = planes.new_zeros(freqs, t + 2 * pad, b, c_in)
+        spectra = planes.new_empty(freqs, t + 2 * pad, b, c_in)
+        spectra[:, :pad] = 0
+        spectra[:, pad + t :] = 0
         spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
         spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
         kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
