@@ -369,7 +369,7 @@ class FFTConv3d(nn.Conv3d):
     def kernel_spectrum(self, lengths) -> torch.Tensor:
         """rfftn of the flipped weight (correlation = flipped convolution), cached when no gradient is needed."""
         weight, dims = self.weight, (2, 3, 4)
-        needs_grad = torch.is_grad_enabled() and weight.requires_grad
+        needs_grad = torch.is_grad_enabled()  # cached spectra only outside autograd (inference tensors are not saved)
         key = (tuple(lengths), weight._version, weight.data_ptr(), weight.device, weight.dtype)
         cached = getattr(self, "_spectrum_cache", None)
         if not needs_grad and cached is not None and cached[0] == key:

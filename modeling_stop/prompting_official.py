@@ -77,7 +77,7 @@ class PlaneFFTConv3d(nn.Conv3d):
         is needed. (A real batched matmul: on CPU, torch's complex `bmm` of these small matrices is several times
         slower.)"""
         weight = self.weight
-        needs_grad = torch.is_grad_enabled() and weight.requires_grad
+        needs_grad = torch.is_grad_enabled()  # cached spectra only outside autograd (inference tensors are not saved)
         key = (length_h, length_w, weight._version, weight.data_ptr(), weight.device, weight.dtype)
         cached = getattr(self, "_spectrum_cache", None)
         if not needs_grad and cached is not None and cached[0] == key:
