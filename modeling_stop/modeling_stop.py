@@ -862,7 +862,22 @@ class STOPModel(STOPPreTrainedModel):
 
     # ---------------------------------------------------------------------------------------------- towers
     def _prompts(self, num_frames: int):
-        return self.prompt_generator(num_frames)
+        """The generator's (text, visual) prompts. They depend on the parameters only: outside autograd they are
+        computed once and reused until a parameter of the generator changes (or the autocast setting does)."""
+        if torch.is_grad_enabled():
+            return self.prompt_generator(num_frames)
+        device_type = self.global_prompts.device.type
+        key = (
+            num_frames,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+            tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.prompt_generator.parameters()),
+        )
+        cached = getattr(self, "_prompts_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.prompt_generator(num_frames))
+            self._prompts_cache = cached
+        return cached[1]
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Projected, unnormalised text features [N, E]. As in the released code, padding is handled by the causal

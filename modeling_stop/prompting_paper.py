@@ -408,7 +408,7 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
     num_local, num_patches, width = config.num_local_prompts, tokens.shape[2] - 1, tokens.shape[-1]
     slots = config.max_inserted_tokens if temporal is not None and t > 1 else 0
 
-    _, local = model.prompt_generator(t)  # [L, T, P, D]
+    _, local = model._prompts(t)  # [L, T, P, D]
     local = local.to(tokens.dtype).unsqueeze(1).expand(-1, b, -1, -1, -1)  # [L, B, T, P, D]
     if model.frame_identity is not None:
         local = local + model.frame_identity(video_mask).to(tokens.dtype)[None, :, :, None]

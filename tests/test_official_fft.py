@@ -61,3 +61,21 @@ def test_fft_conv3d_eval_cache_follows_weight_updates():
         fast.weight.add_(0.5)
         direct.weight.add_(0.5)
         torch.testing.assert_close(fast(x), direct(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_prompts_follow_parameter_updates_and_match_autograd_mode():
+    from tests.tiny import tiny_stop
+
+    model = tiny_stop(variant="official").eval()
+    pixels = torch.randn(1, model.config.num_frames, 3, 32, 32)
+    ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, model.config.text_config.eos_token_id]])
+    with torch.no_grad():
+        first = model.get_video_features(pixel_values=pixels)
+        torch.testing.assert_close(model.get_video_features(pixel_values=pixels), first, rtol=0, atol=0)
+        text = model.get_text_features(input_ids=ids)
+        model.prompt_generator.embedding.weight.mul_(1.5)  # an in-place update, as an optimizer step makes
+        changed = model.get_video_features(pixel_values=pixels)
+        changed_text = model.get_text_features(input_ids=ids)
+    assert not torch.allclose(changed, first) and not torch.allclose(changed_text, text)
+    torch.testing.assert_close(changed, model.get_video_features(pixel_values=pixels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(changed_text, model.get_text_features(input_ids=ids), rtol=1e-5, atol=1e-6)
