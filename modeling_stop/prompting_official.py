@@ -3,9 +3,9 @@
 The released prompter is a stack of "same" Conv3d with (3, 11, 11) kernels over [B, C, T, 224, 224] frames (about
 74 GMAC per 12-frame video, more than the ViT-B/32 itself). `PlaneFFTConv3d` computes the same function through
 2-D real FFTs over (H, W) only: every input plane is transformed once, the kernel's (kh, kw) taps become one complex
-number per frequency, and the few temporal taps and the channel mixing are one batched complex matmul per
-frequency (`out[co, t] = sum_ci sum_dt K[co, ci, dt] X[ci, t + dt - kt // 2]`). For the prompter stack that is a few
-GFLOP instead of 74 GMAC. Gradients flow through `torch.fft` and the matmul like through the direct convolution.
+number per frequency, and the few temporal taps and the channel mixing are `kt` accumulated batched matmuls per
+frequency (`out[co, t] = sum_ci sum_dt K[co, ci, dt] X[ci, t + dt - kt // 2]`, complex numbers as interleaved real
+pairs). For the prompter stack that is a few GFLOP instead of 74 GMAC. Gradients flow through `torch.fft` and the matmul like through the direct convolution.
 
 This file only depends on torch: `modeling_stop.py` imports it relatively, so `save_pretrained` copies it.
 """
@@ -45,8 +45,8 @@ class PlaneFFTConv3d(nn.Conv3d):
     are those of `nn.Conv3d`; outputs equal the direct convolution up to float32 rounding (relative 1e-6).
 
     The output is [B, C_out, T, H, W] stored as [T, B, C_out, H, W] (a permuted view): the next convolution of a
-    stack reads its planes without a transpose. In eval (no gradient needed for the weight) the kernel's spectrum is
-    cached per weight version."""
+    stack reads its planes without a transpose. Outside autograd the kernel's spectrum is cached per weight
+    version."""
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
         kernel = self.kernel_size
