@@ -1,0 +1,81 @@
+"""The official variant's FFT convolutions compute the direct convolutions' function (values and gradients)."""
+
+import torch
+
+from modeling_stop.modeling_stop import FFTConv3d
+from modeling_stop.prompting_official import PlaneFFTConv3d, fast_fft_length
+
+
+def _pair(cls, c_in, c_out, kernel):
+    torch.manual_seed(0)
+    padding = tuple(k // 2 for k in kernel)
+    fast = cls(c_in, c_out, kernel, padding=padding)
+    direct = torch.nn.Conv3d(c_in, c_out, kernel, padding=padding)
+    direct.load_state_dict(fast.state_dict())
+    return fast, direct
+
+
+def test_fast_fft_length_is_the_next_5_smooth_length():
+    assert [fast_fft_length(n) for n in (1, 7, 11, 229, 241)] == [1, 8, 12, 240, 243]
+
+
+def test_plane_fft_conv3d_equals_the_direct_convolution_values_and_gradients():
+    fast, direct = _pair(PlaneFFTConv3d, 3, 4, (3, 5, 7))
+    x = torch.randn(2, 3, 5, 13, 10, requires_grad=True)
+    y_fast, y = fast(x), direct(x)
+    assert y_fast.shape == y.shape == (2, 4, 5, 13, 10)
+    torch.testing.assert_close(y_fast, y, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    grads_fast = torch.autograd.grad(y_fast, (x, fast.weight, fast.bias), g)
+    grads = torch.autograd.grad(y, (x, direct.weight, direct.bias), g)
+    for a, b in zip(grads_fast, grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_plane_fft_conv3d_stack_reads_its_own_permuted_output():
+    torch.manual_seed(1)
+    first, first_direct = _pair(PlaneFFTConv3d, 2, 3, (3, 3, 3))
+    second, second_direct = _pair(PlaneFFTConv3d, 3, 2, (1, 5, 3))
+    x = torch.randn(1, 2, 4, 9, 8).transpose(1, 2).contiguous().transpose(1, 2)  # a non-contiguous input
+    torch.testing.assert_close(second(first(x)), second_direct(first_direct(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_plane_fft_conv3d_eval_cache_follows_weight_updates():
+    fast, direct = _pair(PlaneFFTConv3d, 2, 2, (3, 3, 3))
+    x = torch.randn(1, 2, 3, 6, 6)
+    with torch.no_grad():
+        before = fast(x)
+        torch.testing.assert_close(fast(x), before)  # served from the cached kernel spectrum
+        fast.weight.mul_(2.0)
+        direct.weight.mul_(2.0)
+        torch.testing.assert_close(fast(x), direct(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(fast(x), before)
+
+
+def test_fft_conv3d_eval_cache_follows_weight_updates():
+    fast, direct = _pair(FFTConv3d, 1, 2, (3, 5, 3))
+    x = torch.randn(1, 1, 4, 7, 9)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), direct(x), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        fast.weight.add_(0.5)
+        direct.weight.add_(0.5)
+        torch.testing.assert_close(fast(x), direct(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_prompts_follow_parameter_updates_and_match_autograd_mode():
+    from tests.tiny import tiny_stop
+
+    model = tiny_stop(variant="official").eval()
+    pixels = torch.randn(1, model.config.num_frames, 3, 32, 32)
+    ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, model.config.text_config.eos_token_id]])
+    with torch.no_grad():
+        first = model.get_video_features(pixel_values=pixels)
+        torch.testing.assert_close(model.get_video_features(pixel_values=pixels), first, rtol=0, atol=0)
+        text = model.get_text_features(input_ids=ids)
+        model.prompt_generator.embedding.weight.mul_(1.5)  # an in-place update, as an optimizer step makes
+        changed = model.get_video_features(pixel_values=pixels)
+        changed_text = model.get_text_features(input_ids=ids)
+    assert not torch.allclose(changed, first) and not torch.allclose(changed_text, text)
+    torch.testing.assert_close(changed, model.get_video_features(pixel_values=pixels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(changed_text, model.get_text_features(input_ids=ids), rtol=1e-5, atol=1e-6)
