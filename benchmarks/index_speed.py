@@ -118,7 +118,13 @@ def main(argv=None):
     parser.add_argument("--save", action="store_true", help="also time saving and loading the gallery's index")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the results")
+    parser.add_argument("--summarize", nargs="+", default=None, help="print README paragraphs of result files; no run")
     args = parser.parse_args(argv)
+    if args.summarize:
+        for path in args.summarize:
+            result = json.loads(Path(path).read_text())
+            print(summary_markdown(dict(result, output=path)) + "\n")
+        return
 
     import faiss
 
@@ -255,6 +261,43 @@ def cluster_size_summary(labels: np.ndarray, clusters: int) -> dict:
     counts = np.sort(np.bincount(labels, minlength=clusters))[::-1]
     half = int(np.searchsorted(np.cumsum(counts), len(labels) / 2) + 1)
     return dict(smallest=int(counts[-1]), median=int(np.median(counts)), largest=int(counts[0]), clusters_with_half=half)
+
+
+def summary_markdown(result: dict) -> str:
+    """One README paragraph of a result file."""
+    d, ix, cal = result["data"], result["index"], result["index"].get("calibration", {})
+    sizes = d.get("cluster_sizes") or {}
+    structure = f"{d['clusters']} clusters, cosine {d['cluster_cosine']} to their centre"
+    if d.get("cosine_spread"):
+        structure += f" +- {d['cosine_spread']} per cluster"
+    if sizes:
+        structure += f", sizes {sizes['smallest']}..{sizes['largest']} (median {sizes['median']})"
+    if ix["kind"] == "ivfpq":
+        index = (
+            f"`ivfpq`: nlist={ix['nlist']} (spherical k-means on {ix['train_size']}), PQ{ix['pq_m']}x{ix['pq_bits']} fast-scan codes of "
+            f"the {'residuals' if ix['by_residual'] else 'vectors'} (mean squared residual {ix.get('mean_squared_residual')}), "
+            f"nprobe={ix['nprobe']}, k_factor={ix['k_factor']}"
+        )
+    else:
+        index = f"`{ix['kind']}`" + (f", nprobe={ix['nprobe']}" if "nprobe" in ix else "")
+    by = result.get("recall_at_k_by_query") or {}
+    met = result["targets_met"]
+    text = (
+        f"{structure} (`{Path(result.get('output', '')).name}`, load {result['loadavg'][0]:.0f}-{result['loadavg'][2]:.0f}): "
+        f"{index}; calibration recall@10 {cal.get('recall_at_10_left_out')} (left-out rows) / "
+        f"{cal.get('recall_at_10_perturbed')} (perturbed rows). Single query median {result['query_latency_ms_median']} ms, "
+        f"**p95 {result['query_latency_ms_p95']} ms** ({'met' if met['p95'] else 'not met'}), **recall@10 "
+        f"{by.get('fresh')} fresh / {by.get('perturbed')} perturbed** ({'met' if met['recall'] else 'not met'}), "
+        f"**build {result['build_s']} s** ({'met' if met['build'] else 'not met'}; "
+        + ", ".join(f"{k[:-2]} {v} s" for k, v in ix.get("build_seconds", {}).items())
+        + f"); exact flat search {result['exact_flat_single_query_ms']['median']} ms per query; index "
+        f"{result['index_size_mib']} MiB, resident {result['rss_mib']['with_gallery']} MiB with the gallery, "
+        f"{result['rss_mib']['with_index']} MiB with the index, peak {result['rss_mib']['peak']} MiB"
+    )
+    if result.get("save_load"):
+        sl = result["save_load"]
+        text += f"; save {sl['save_s']} s, load {sl['load_s']} s, same results after loading: {sl['same_results_after_load']}"
+    return text + "."
 
 
 def rss_peak_mib() -> float:

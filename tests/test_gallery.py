@@ -116,11 +116,11 @@ def test_index_kind_follows_the_gallery_size():
     assert choose_index(1000)["kind"] == "flat"
     assert choose_index(EXACT_MAX_SIZE)["kind"] == "flat"
     big = choose_index(EXACT_MAX_SIZE + 1)
-    assert big["kind"] == "ivfpq" and big["nlist"] == int(np.sqrt(EXACT_MAX_SIZE + 1))
+    assert big["kind"] == "ivfpq" and big["nlist"] == int(np.sqrt(EXACT_MAX_SIZE + 1) / 4)
     assert big["train_size"] == 64 * big["nlist"] <= EXACT_MAX_SIZE + 1
     assert big["pq_m"] == 64 and big["pq_bits"] == 4 and big["nprobe"] is None and big["k_factor"] is None
     million = choose_index(1_000_000)
-    assert million["nlist"] == 1000 and million["train_size"] == 64_000
+    assert million["nlist"] == 250 and million["train_size"] == 16_000
     assert choose_index(10**6, dim=32)["pq_m"] == 4 and choose_index(10**6, dim=36)["pq_m"] == 4  # divides dim
     assert choose_index(10, exact_max_size=5)["nlist"] == 1  # at least 39 training points per list
     assert choose_index(10**6, kind="ivf")["kind"] == "ivf" and "pq_m" not in choose_index(10**6, kind="ivf")
@@ -156,10 +156,10 @@ def test_approximate_index_above_the_threshold_reaches_recall_and_survives_save_
     emb, queries = data[:5000], data[5000:5100]
     gallery = add_index(Dataset.from_dict({"id": list(range(5000)), "embedding": list(emb)}), exact_max_size=1000)
     params = index_parameters(gallery)
-    assert params["kind"] == "ivfpq" and params["nlist"] == 70 and params["num_vectors"] == 5000 and params["dim"] == 32
+    assert params["kind"] == "ivfpq" and params["nlist"] == 17 and params["num_vectors"] == 5000 and params["dim"] == 32
     index = gallery.get_index("embedding").faiss_index
-    assert index.ntotal == 5000 and _ivf_part(index).nlist == 70
-    assert _ivf_part(index).nprobe == params["nprobe"] < 70  # coarse clusters: a few lists hold the neighbours
+    assert index.ntotal == 5000 and _ivf_part(index).nlist == 17
+    assert _ivf_part(index).nprobe == params["nprobe"] < 17  # coarse clusters: a few lists hold the neighbours
     assert index.k_factor == params["k_factor"] in (16, 32, 64, 128, 256, 512)
     assert params["calibration_recall_at_10"] >= 0.97
     assert min(params["calibration"]["recall_at_10_left_out"], params["calibration"]["recall_at_10_perturbed"]) >= 0.97
@@ -181,7 +181,7 @@ def test_approximate_index_above_the_threshold_reaches_recall_and_survives_save_
 
 
 def test_clusters_much_finer_than_the_lists_keep_their_recall_without_an_exact_scan():
-    """1000 clusters of ~8 in 64-d at cosine 0.6 to their centre: k-means over 89 lists cannot follow them (a
+    """1000 clusters of ~8 in 64-d at cosine 0.6 to their centre: k-means over 22 lists cannot follow them (a
     cluster's members scatter over the lists, so exact IVF lists need nearly all probed), but a full scan of the
     4-bit codes re-ranked exactly still reaches the recall."""
     from datasets import Dataset
@@ -198,8 +198,8 @@ def test_clusters_much_finer_than_the_lists_keep_their_recall_without_an_exact_s
     emb, fresh = x[:8000], x[8000:]
     gallery = add_index(Dataset.from_dict({"id": list(range(8000)), "embedding": list(emb)}), exact_max_size=1000)
     params = index_parameters(gallery)
-    assert params["kind"] == "ivfpq" and params["nlist"] == 89
-    assert params["nprobe"] >= 32  # the partition does not follow the clusters
+    assert params["kind"] == "ivfpq" and params["nlist"] == 22
+    assert params["nprobe"] >= 16  # the partition does not follow the clusters
     assert params["mean_squared_residual"] > 1 and params["by_residual"] is False  # so the codes hold the vectors
     assert params["calibration_recall_at_10"] >= 0.97
     assert min(_fresh_and_perturbed_recall(gallery, emb, fresh)[0]) >= 0.95

@@ -119,7 +119,7 @@ INDEX_KINDS = ("auto", "flat", "ivfpq", "ivf", "hnsw")
 # Candidates re-ranked with the exact vectors: k_factor * k. Raised by the calibration when a full scan of the
 # codes still misses the target.
 DEFAULT_K_FACTOR = 32
-CALIBRATION_QUERIES = 200  # per kind of calibration query (left-out gallery rows, perturbed gallery rows)
+CALIBRATION_QUERIES = 150  # per kind of calibration query (left-out gallery rows, perturbed gallery rows)
 PERTURBATION = 0.3  # norm of the noise added to a unit gallery row for a perturbed calibration query
 
 
@@ -170,7 +170,7 @@ def _pq_subquantizers(dim: int) -> int:
 
 def choose_index(num_vectors: int, exact_max_size: int = EXACT_MAX_SIZE, kind: str = "auto", dim: int = 512) -> dict:
     """The index parameters for a gallery of `num_vectors` `dim`-d embeddings: `flat` (exact) up to
-    `exact_max_size`, else `ivfpq`: an inverted file of ~sqrt(n) lists (k-means on a random sample of 64 vectors per
+    `exact_max_size`, else `ivfpq`: an inverted file of ~sqrt(n)/4 lists (k-means on a random sample of 64 vectors per
     list) holding 4-bit product-quantised codes (one sub-quantizer per ~8 dimensions, SIMD "fast scan"), whose
     `k_factor * k` best candidates are re-ranked with the exact vectors; its nprobe and k_factor are calibrated later.
     Even a scan of every list stays cheap (32 bytes per 512-d vector), so galleries whose clusters are much finer
@@ -181,7 +181,9 @@ def choose_index(num_vectors: int, exact_max_size: int = EXACT_MAX_SIZE, kind: s
         return dict(kind="flat")
     if kind == "hnsw":
         return dict(kind="hnsw", M=32, ef_construction=80, ef_search=None)
-    nlist = max(1, min(int(math.sqrt(num_vectors)), num_vectors // 39))  # FAISS wants >= 39 training points per list
+    # sqrt(n) / 4 lists: k-means and assignment stay cheap on two cores; a list holds ~4 sqrt(n) codes, so a scan of
+    # one or a few lists (coarse clusters) or of all (fine clusters) both cost little
+    nlist = max(1, min(int(math.sqrt(num_vectors) / 4), num_vectors // 39))  # FAISS wants >= 39 training points per list
     params = dict(kind="ivf", nlist=nlist, train_size=min(num_vectors, 64 * nlist), nprobe=None)
     if kind in ("auto", "ivfpq"):
         params.update(kind="ivfpq", pq_m=_pq_subquantizers(dim), pq_bits=4, by_residual=None, k_factor=None)
@@ -226,7 +228,11 @@ def _train_ivf(index, params: dict, sample: np.ndarray, seed: int):
         params["mean_squared_residual"] = round(float(np.mean(2 - 2 * nearest)), 4)
         params["by_residual"] = bool(params["mean_squared_residual"] < 1.0)
         ivf.by_residual = params["by_residual"]
-    index.train(sample)
+    subset = np.sort(np.random.default_rng(seed).permutation(len(sample))[:PQ_TRAIN_SIZE])
+    index.train(sample[subset])  # the 16 centroids per sub-quantizer need a few thousand points
+
+
+PQ_TRAIN_SIZE = 16_384
 
 
 def _ivf_part(index):
