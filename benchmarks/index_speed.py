@@ -3,13 +3,16 @@ through `datasets` (`gallery.get_nearest_examples`), against exact search.
 
 Embeddings are shaped like real video embeddings, which are clustered (on structureless random vectors no
 approximate index keeps its recall): `--clusters` centres on the unit sphere, every embedding a centre plus isotropic
-noise, normalised, at cosine ~`--cluster_cosine` to its centre. Queries are held-out draws from the same clusters.
-Reported: index build time (train + add + nprobe calibration), single-query latency (median, p95), recall@k against
-exact search (`faiss.knn`), batched throughput, the exact flat index's single-query latency for comparison, the
+noise, normalised, at cosine ~`--cluster_cosine` to its centre (`--cosine_spread`: a cosine per cluster;
+`--size_skew`: Zipf-like cluster sizes). Queries: held-out draws from the same clusters and gallery rows plus noise
+(`--perturbed_queries`, `--perturbation`), interleaved. Reported: index build time (train + add + calibration of the
+search settings), single-query latency (median, p95), recall@k against exact search (`faiss.knn`) per kind of query,
+batched throughput, the exact flat index's single-query latency for comparison, the
 index size and the process's resident memory.
 
     python -m benchmarks.index_speed --num_embeddings 1000000 --output benchmarks/results/index_speed_1m.json
     python -m benchmarks.index_speed --num_embeddings 20000 --exact_max_size 5000   # seconds
+    python -m benchmarks.index_speed --summarize benchmarks/results/index_speed_1m.json   # its README paragraph
 """
 
 from __future__ import annotations
