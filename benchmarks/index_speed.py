@@ -286,7 +286,7 @@ def summary_markdown(result: dict) -> str:
     by = result.get("recall_at_k_by_query") or {}
     met = result["targets_met"]
     text = (
-        f"{structure} (`{Path(result.get('output', '')).name}`, load {result['loadavg'][0]:.0f}-{result['loadavg'][2]:.0f}): "
+        f"{structure} (`{Path(result.get('output', '')).name}`, load {min(result['loadavg']):.0f}-{max(result['loadavg']):.0f}): "
         f"{index}; calibration recall@10 {cal.get('recall_at_10_left_out')} (left-out rows) / "
         f"{cal.get('recall_at_10_perturbed')} (perturbed rows). Single query median {result['query_latency_ms_median']} ms, "
         f"**p95 {result['query_latency_ms_p95']} ms** ({'met' if met['p95'] else 'not met'}), **recall@10 "
