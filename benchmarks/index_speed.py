@@ -36,7 +36,13 @@ def rss_mib() -> float:
 
 
 def clustered_embeddings(
-    n: int, dim: int, clusters: int, cosine: float, rng, chunk: int = 100_000, size_skew: float = 0.0,
+    n: int,
+    dim: int,
+    clusters: int,
+    cosine: float,
+    rng,
+    chunk: int = 100_000,
+    size_skew: float = 0.0,
     cosine_spread: float = 0.0,
     labels_out: list | None = None,
 ) -> np.ndarray:
@@ -263,7 +269,9 @@ def cluster_size_summary(labels: np.ndarray, clusters: int) -> dict:
     """Smallest, median and largest cluster size of the gallery, and how many clusters hold half its rows."""
     counts = np.sort(np.bincount(labels, minlength=clusters))[::-1]
     half = int(np.searchsorted(np.cumsum(counts), len(labels) / 2) + 1)
-    return dict(smallest=int(counts[-1]), median=int(np.median(counts)), largest=int(counts[0]), clusters_with_half=half)
+    return dict(
+        smallest=int(counts[-1]), median=int(np.median(counts)), largest=int(counts[0]), clusters_with_half=half
+    )
 
 
 def summary_markdown(result: dict) -> str:

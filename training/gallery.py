@@ -183,7 +183,9 @@ def choose_index(num_vectors: int, exact_max_size: int = EXACT_MAX_SIZE, kind: s
         return dict(kind="hnsw", M=32, ef_construction=80, ef_search=None)
     # sqrt(n) / 4 lists: k-means and assignment stay cheap on two cores; a list holds ~4 sqrt(n) codes, so a scan of
     # one or a few lists (coarse clusters) or of all (fine clusters) both cost little
-    nlist = max(1, min(int(math.sqrt(num_vectors) / 4), num_vectors // 39))  # FAISS wants >= 39 training points per list
+    nlist = max(
+        1, min(int(math.sqrt(num_vectors) / 4), num_vectors // 39)
+    )  # FAISS wants >= 39 training points per list
     params = dict(kind="ivf", nlist=nlist, train_size=min(num_vectors, 64 * nlist), nprobe=None)
     if kind in ("auto", "ivfpq"):
         params.update(kind="ivfpq", pq_m=_pq_subquantizers(dim), pq_bits=4, by_residual=None, k_factor=None)
