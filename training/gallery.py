@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +111,16 @@ def assemble_gallery(split, output_dir: str | Path, num_shards: int, keep_column
 
 
 # Below this many embeddings an exact (flat) search is fast enough (~5 ms per query at 512-d on 2 cores); above it
-# an inverted-file index answers in milliseconds at any size that fits in memory.
+# an inverted file over 4-bit product-quantised codes, re-ranked exactly, answers in milliseconds up to ~1M.
 EXACT_MAX_SIZE = 50_000
 INDEX_FILE = "embedding.faiss"
 INDEX_PARAMS_FILE = "embedding.faiss.json"
+INDEX_KINDS = ("auto", "flat", "ivfpq", "ivf", "hnsw")
+# Candidates re-ranked with the exact vectors: k_factor * k. Raised by the calibration when a full scan of the
+# codes still misses the target.
+DEFAULT_K_FACTOR = 32
+CALIBRATION_QUERIES = 150  # per kind of calibration query (left-out gallery rows, perturbed gallery rows)
+PERTURBATION = 0.3  # norm of the noise added to a unit gallery row for a perturbed calibration query
 
 
 def _embedding_matrix(gallery: Dataset, rows=None) -> np.ndarray:
@@ -156,18 +163,33 @@ def pa_list_lengths(column) -> np.ndarray:
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
 
 
-def choose_index(num_vectors: int, exact_max_size: int = EXACT_MAX_SIZE, kind: str = "auto") -> dict:
-    """The index parameters for a gallery of `num_vectors`: `flat` (exact) up to `exact_max_size`, else an inverted
-    file (`ivf`, ~sqrt(n) lists, trained on a random sample of 64 vectors per list; its nprobe calibrated later) or,
-    when asked, `hnsw`. sqrt(n) lists keep k-means training and assignment within minutes on two cores at 1M."""
-    if kind not in ("auto", "flat", "ivf", "hnsw"):
-        raise ValueError(f"add_index: index kind must be auto, flat, ivf or hnsw, got {kind!r}")
+def _pq_subquantizers(dim: int) -> int:
+    """Sub-quantizers of the 4-bit product quantizer: about one per 8 dimensions (64 at 512-d), dividing `dim`."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
+def choose_index(num_vectors: int, exact_max_size: int = EXACT_MAX_SIZE, kind: str = "auto", dim: int = 512) -> dict:
+    """The index parameters for a gallery of `num_vectors` `dim`-d embeddings: `flat` (exact) up to
+    `exact_max_size`, else `ivfpq`: an inverted file of ~sqrt(n)/4 lists (k-means on a random sample of 64 vectors per
+    list) holding 4-bit product-quantised codes (one sub-quantizer per ~8 dimensions, SIMD "fast scan"), whose
+    `k_factor * k` best candidates are re-ranked with the exact vectors; its nprobe and k_factor are calibrated later.
+    Even a scan of every list stays cheap (32 bytes per 512-d vector), so galleries whose clusters are much finer
+    than the lists keep their recall. `ivf` (exact vectors in the lists, no re-ranking) and `hnsw` on request."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"add_index: index kind must be auto, flat, ivfpq, ivf or hnsw, got {kind!r}")
     if kind == "flat" or (kind == "auto" and num_vectors <= exact_max_size):
         return dict(kind="flat")
     if kind == "hnsw":
-        return dict(kind="hnsw", M=32, ef_construction=80, ef_search=128)
-    nlist = max(1, min(int(math.sqrt(num_vectors)), num_vectors // 39))  # FAISS wants >= 39 training points per list
-    return dict(kind="ivf", nlist=nlist, train_size=min(num_vectors, 64 * nlist), nprobe=None)
+        return dict(kind="hnsw", M=32, ef_construction=80, ef_search=None)
+    # sqrt(n) / 4 lists: k-means and assignment stay cheap on two cores; a list holds ~4 sqrt(n) codes, so a scan of
+    # one or a few lists (coarse clusters) or of all (fine clusters) both cost little
+    nlist = max(
+        1, min(int(math.sqrt(num_vectors) / 4), num_vectors // 39)
+    )  # FAISS wants >= 39 training points per list
+    params = dict(kind="ivf", nlist=nlist, train_size=min(num_vectors, 64 * nlist), nprobe=None)
+    if kind in ("auto", "ivfpq"):
+        params.update(kind="ivfpq", pq_m=_pq_subquantizers(dim), pq_bits=4, by_residual=None, k_factor=None)
+    return params
 
 
 def _build_faiss(params: dict, dim: int):
@@ -180,12 +202,58 @@ def _build_faiss(params: dict, dim: int):
         index.hnsw.efConstruction = params["ef_construction"]
         return index
     quantizer = faiss.IndexFlatIP(dim)
-    return faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+    if params["kind"] == "ivf":
+        return faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFPQFastScan(
+        quantizer, dim, params["nlist"], params["pq_m"], params["pq_bits"], faiss.METRIC_INNER_PRODUCT
+    )
+    return faiss.IndexRefineFlat(ivf)  # keeps the exact vectors for re-ranking
+
+
+KMEANS_ITERATIONS = 10  # the lists only need to be a partition: more Lloyd steps cost minutes at 1M for little
+
+
+def _train_ivf(index, params: dict, sample: np.ndarray, seed: int):
+    """Spherical k-means of the coarse quantizer on `sample`, then (`ivfpq`) the product quantizer. The codes
+    encode the residuals to the list centroids when those are shorter than the unit vectors themselves (mean
+    |x - c|^2 < 1: the lists follow the clusters), else the vectors (clusters much finer than the lists, where
+    residuals would be longer and coarser). The choice and the mean squared residual go into `params`."""
+    import faiss
+
+    ivf = _ivf_part(index)
+    kmeans = faiss.Kmeans(sample.shape[1], params["nlist"], niter=KMEANS_ITERATIONS, spherical=True, seed=seed)
+    kmeans.train(sample)
+    ivf.quantizer.add(kmeans.centroids)  # a trained quantizer of nlist centroids: index.train keeps it
+    params["kmeans_iterations"] = KMEANS_ITERATIONS
+    if params["kind"] == "ivfpq":
+        nearest = ivf.quantizer.search(sample, 1)[0][:, 0]
+        params["mean_squared_residual"] = round(float(np.mean(2 - 2 * nearest)), 4)
+        params["by_residual"] = bool(params["mean_squared_residual"] < 1.0)
+        ivf.by_residual = params["by_residual"]
+    subset = np.sort(np.random.default_rng(seed).permutation(len(sample))[:PQ_TRAIN_SIZE])
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # hundreds of tiny k-means: on a busy machine threads only wait at the barriers
+    try:  # (75 s with 2 threads against 2.5 s with one, measured at load 9)
+        index.train(sample[subset])  # the 16 centroids per sub-quantizer need a few thousand points
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+PQ_TRAIN_SIZE = 16_384
+
+
+def _ivf_part(index):
+    """The inverted file inside an index (itself, or the base of an `IndexRefineFlat`)."""
+    import faiss
+
+    return faiss.extract_index_ivf(faiss.downcast_index(index.base_index) if hasattr(index, "k_factor") else index)
 
 
 def _apply_search_params(index, params: dict):
-    if params["kind"] == "ivf":
-        index.nprobe = params["nprobe"]
+    if params["kind"] in ("ivf", "ivfpq"):
+        _ivf_part(index).nprobe = params["nprobe"]
+    if params["kind"] == "ivfpq":
+        index.k_factor = float(params["k_factor"])
     elif params["kind"] == "hnsw":
         index.hnsw.efSearch = params["ef_search"]
 
@@ -196,26 +264,85 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
 
 
-def _calibrate_nprobe(index, vectors: np.ndarray, target_recall: float, k: int, rng) -> tuple[int, float]:
-    """The smallest nprobe (powers of two) whose recall@k against exact search reaches `target_recall`, measured
-    leave-one-out on up to 200 gallery rows used as queries (each row's own match left out of both result lists)."""
+K_FACTORS = (16, 32, 64, 128, 256, 512)
+
+
+def _search_cost_ms(params: dict, setting: dict) -> float:
+    """Rough single-thread cost of one query under `setting`, from timings on this machine: the fast scan of the
+    probed codes (~0.06 ns per code byte pair) and the exact re-ranking of k_factor * 10 candidates (~1.2 ns per
+    dimension); only used to try the search settings cheapest first."""
+    scanned = params["num_vectors"] * setting["nprobe"] / params["nlist"]
+    rerank = setting.get("k_factor", 0) * 10 * params["dim"]
+    return 6.25e-8 * params.get("pq_m", 4 * params["dim"]) * scanned + 1.2e-6 * rerank
+
+
+def _search_settings(params: dict) -> list[list[dict]]:
+    """The search settings the calibration tries: groups (one per k_factor for `ivfpq`), each ordered by cost."""
+    if params["kind"] == "hnsw":
+        return [[dict(ef_search=e) for e in (16, 32, 64, 128, 256, 512, 1024, 2048)]]
+    nlist = params["nlist"]
+    nprobes = sorted({min(2**i, nlist) for i in range(int(math.ceil(math.log2(nlist))) + 1)})
+    if params["kind"] == "ivf":
+        return [[dict(nprobe=p) for p in nprobes]]
+    return [[dict(nprobe=p, k_factor=f) for p in nprobes] for f in K_FACTORS]
+
+
+def calibration_queries(vectors: np.ndarray, rng, num: int = CALIBRATION_QUERIES) -> dict:
+    """Two kinds of held-out query over gallery rows, with their exact top-(k+1) found by brute force later:
+    `left_out` rows searched with themselves excluded from both result lists (queries like fresh draws from the
+    gallery's distribution) and `perturbed` rows (a row plus isotropic noise of norm `PERTURBATION`, normalised;
+    the row itself counts among the neighbours)."""
+    rows = rng.choice(len(vectors), size=min(num, len(vectors)), replace=False)
+    noise = rng.standard_normal((len(rows), vectors.shape[1])).astype(np.float32)
+    noise *= PERTURBATION / np.linalg.norm(noise, axis=1, keepdims=True)
+    perturbed = vectors[rows] + noise
+    perturbed /= np.linalg.norm(perturbed, axis=1, keepdims=True)
+    return dict(left_out=(rows, np.ascontiguousarray(vectors[rows])), perturbed=(None, perturbed))
+
+
+def _calibrate(index, params: dict, vectors: np.ndarray, target_recall: float, k: int, rng) -> dict:
+    """The cheapest search setting (`_search_settings`) whose recall@k against exact search reaches
+    `target_recall` on both kinds of calibration query (`calibration_queries`); the most thorough one when none
+    does. Returns the setting with the recalls it measured."""
     import faiss
 
-    rows = rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)
-    queries = np.ascontiguousarray(vectors[rows])
     k = min(k, len(vectors) - 1)
+    sets = {}
+    for name, (rows, queries) in calibration_queries(vectors, rng).items():
+        exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)[1]  # brute force
+        sets[name] = (rows, queries, _top_k(exact, rows, k))
 
-    def without_self(ids):
-        return np.stack([[i for i in found if i != row][:k] for found, row in zip(ids, rows)])
+    def recalls_of(setting):
+        _apply_search_params(index, {**params, **setting})
+        return {
+            name: recall_at_k(_top_k(index.search(queries, k + 1)[1], rows, k), exact)
+            for name, (rows, queries, exact) in sets.items()
+        }
 
-    exact = without_self(faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)[1])  # brute force
-    nprobe, recall = 1, 0.0
-    while True:
-        index.nprobe = nprobe
-        recall = recall_at_k(without_self(index.search(queries, k + 1)[1]), exact)
-        if recall >= target_recall or nprobe >= index.nlist:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, index.nlist)
+    best, best_cost, setting, recalls = None, math.inf, {}, {}
+    for group in _search_settings(params):  # per group the first setting reaching the target; the cheapest wins
+        for setting in group:
+            cost = _search_cost_ms(params, setting) if params["kind"] != "hnsw" else 0.0
+            if cost >= best_cost:
+                break
+            recalls = recalls_of(setting)
+            if min(recalls.values()) >= target_recall:
+                best, best_cost = (setting, recalls), cost
+                break
+    setting, recalls = best if best is not None else (setting, recalls)  # none reached it: the most thorough
+    return dict(
+        setting,
+        calibration_recall_at_10=round(min(recalls.values()), 4),
+        calibration={f"recall_at_{k}_{name}": round(r, 4) for name, r in recalls.items()}
+        | dict(queries_per_kind=len(sets["left_out"][0]), perturbation=PERTURBATION, target_recall=target_recall),
+    )
+
+
+def _top_k(ids: np.ndarray, rows, k: int) -> np.ndarray:
+    """The first k ids of each result list, the query's own row left out when it is a gallery row (`rows`)."""
+    if rows is None:
+        return ids[:, :k]
+    return np.stack([[i for i in found if i != row][:k] for found, row in zip(ids, rows)])
 
 
 def add_index(
@@ -230,23 +357,30 @@ def add_index(
     return the dataset; `gallery` is a `Dataset` or the folder of a saved one.
 
     The index fits the gallery's size (`choose_index`): exact (flat) up to `exact_max_size` vectors, above it an
-    IVF index trained on a random sample, its `nprobe` the smallest reaching `target_recall`@10 against exact
-    search (leave-one-out over gallery rows) (`kind="hnsw"` builds an HNSW graph instead). Its parameters are recorded in
-    `gallery.get_index("embedding").parameters` and, with `output_dir`, saved beside the index
-    (`embedding.faiss`, `embedding.faiss.json`) for `load_gallery`."""
+    inverted file of product-quantised codes trained on a random sample, with exact re-ranking (`ivfpq`); its
+    `nprobe` and `k_factor` the cheapest reaching `target_recall`@10 against exact search on held-out gallery rows
+    and perturbed gallery rows (`_calibrate`). `kind="ivf"` (IVF-Flat) and `kind="hnsw"` (HNSW32, efSearch
+    calibrated the same way) on request. Its parameters are recorded in `gallery.get_index("embedding").parameters`
+    and, with `output_dir`, saved beside the index (`embedding.faiss`, `embedding.faiss.json`) for `load_gallery`."""
     if not isinstance(gallery, Dataset):
         gallery = load_from_disk(str(gallery))
     vectors = _embedding_matrix(gallery)
-    params = choose_index(len(vectors), exact_max_size, kind)
+    params = choose_index(len(vectors), exact_max_size, kind, dim=int(vectors.shape[1]) if vectors.size else 512)
     params.update(num_vectors=len(vectors), dim=int(vectors.shape[1]), metric="inner_product")
     index = _build_faiss(params, vectors.shape[1])
     rng = np.random.default_rng(seed)
-    if params["kind"] == "ivf":
+    timings = {}
+    start = time.perf_counter()
+    if params["kind"] in ("ivf", "ivfpq"):
         sample = np.sort(rng.choice(len(vectors), size=params["train_size"], replace=False))
-        index.train(vectors[sample])
+        _train_ivf(index, params, vectors[sample], seed)
+    timings["train_s"] = time.perf_counter() - start
     index.add(vectors)
-    if params["kind"] == "ivf":
-        params["nprobe"], params["calibration_recall_at_10"] = _calibrate_nprobe(index, vectors, target_recall, 10, rng)
+    timings["add_s"] = time.perf_counter() - start - timings["train_s"]
+    if params["kind"] != "flat":
+        params.update(_calibrate(index, params, vectors, target_recall, 10, rng))
+        timings["calibrate_s"] = time.perf_counter() - start - timings["train_s"] - timings["add_s"]
+        params["build_seconds"] = {name: round(t, 1) for name, t in timings.items()}
     del vectors
     _apply_search_params(index, params)
     _attach_index(gallery, index)
