@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import get_scheduler
 
-from .data import VideoTextDataset, build_dataloader, split_pair_accuracy
+from .data import (
+    NeighbourPairSampler,
+    VideoTextDataset,
+    build_dataloader,
+    nearest_neighbours,
+    neighbour_pair_order,
+    split_pair_accuracy,
+)
 from .feature_cache import FrameFeatureCache
 
 
@@ -56,6 +63,10 @@ class Recipe:
     # ||gate * head|| / ||STOP's own video feature|| at the start of stage 2 (at 2 the untrained prompts' feature
     # cost 0.04-0.09 of stage 1's validation reversed-pair accuracy on the two synthetic worlds).
     temporal_gate_ratio: float = 4.0
+    # Batches of nearest-neighbour pairs in frozen mean-pooled frame features (a clip and its reversed twin have
+    # the same ones), in both stages: `hard_negative_neighbours` candidates per video.
+    hard_negative_batches: bool = True
+    hard_negative_neighbours: int = 8
 
 
 HEAD = {"temporal_head": "seqTransf", "temporal_head_input": "frozen"}
@@ -99,6 +110,7 @@ def resolve_args(args, variant: str | None):
         "head_stage_learning_rate": recipe.head_stage_learning_rate,
         "head_stage_batch_size": recipe.head_stage_batch_size,
         "temporal_gate_ratio": recipe.temporal_gate_ratio,
+        "hard_negative_batches": recipe.hard_negative_batches,
     }
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
@@ -280,6 +292,12 @@ def selection_score(results: dict) -> float:
     return results["t2v_R@1"] + 100.0 * (results.get("pair_accuracy", 0.5) - 0.5)
 
 
+def validation_score(results: dict, metric: str) -> float:
+    """Model selection of stage 2 on validation: `selection_score` for retrieval (T2V R@1 plus reversed-pair
+    accuracy in points when the split has pairs), else `results[metric]`."""
+    return selection_score(results) if metric == "t2v_R@1" else results[metric]
+
+
 def train_head_stage(
     model,
     processor,
@@ -295,9 +313,11 @@ def train_head_stage(
     num_workers: int = 0,
     disable_progress: bool = False,
     check_cache=None,
+    caches: dict | None = None,
 ) -> dict:
     """Stage 1, in place: the temporal head (+ text side) trained with InfoNCE on cached frozen frame features;
-    the best state on `eval_dataset` (`selection_score`) is kept. Returns a summary."""
+    the best state on `eval_dataset` (`selection_score`) is kept. Returns a summary; `caches`, when given, receives
+    the `train` / `validation` feature caches (stage 2's hard-negative batches reuse them)."""
     start = time.time()
     steps = head_stage_steps(args, recipe, len(train_dataset))
     train_text = recipe.head_stage_text if args.head_stage_text is None else args.head_stage_text
@@ -364,8 +384,15 @@ def train_head_stage(
 
     model.train()
     losses = []
+    neighbours = cache_neighbours(train_cache, recipe.hard_negative_neighbours) if args.hard_negative_batches else None
+    order: list[int] = []
     for step in range(1, steps + 1):
-        chosen = valid[torch.randperm(len(valid), generator=generator)[:batch_size]]
+        if neighbours is None:
+            chosen = valid[torch.randperm(len(valid), generator=generator)[:batch_size]]
+        else:  # consecutive batches of a neighbour-pair order of the valid videos, redrawn once used up
+            if len(order) < batch_size:
+                order = neighbour_pair_order(neighbours, generator, valid)
+            chosen, order = torch.tensor(order[:batch_size]), order[batch_size:]
         texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=generator))] for i in chosen.tolist()]
         video = F.normalize(
             model.temporal_head(train_cache.features[chosen].to(device), train_cache.video_mask[chosen].to(device)),
@@ -402,6 +429,8 @@ def train_head_stage(
             )
         if step % recipe.head_stage_eval_every == 0 or step == steps:
             consider(step)
+    if caches is not None:
+        caches.update({"train": train_cache, "validation": eval_cache})
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in best:
@@ -423,6 +452,47 @@ def train_head_stage(
         f"best at step {best_step}"
     )
     return summary
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hard-negative batches
+# ------------------------------------------------------------------------------------------------------------
+
+
+def cache_neighbours(cache: FrameFeatureCache, k: int = 8) -> torch.Tensor:
+    """Nearest neighbours of every video in frozen mean-pooled frame features (CLIP4Clip meanP): [N, k]. A video
+    that failed to decode has no features and is nobody's neighbour."""
+    mask = cache.video_mask.float()
+    frames = F.normalize(cache.features.float(), dim=-1) * mask[..., None]
+    pooled = frames.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    return nearest_neighbours(pooled, k, exclude=mask.sum(1) == 0)
+
+
+def hard_negative_dataloader(
+    model, train_dataset: VideoTextDataset, collator, args, recipe: Recipe, device, cache=None, disable_progress=False
+):
+    """Stage 2's training loader with `NeighbourPairSampler` batches (`drop_last`, as the default loader); the
+    neighbours come from stage 1's feature cache, or a cache built here."""
+    if cache is None:
+        cache = FrameFeatureCache.build(
+            model.to(device),
+            train_dataset,
+            args.per_device_eval_batch_size,
+            args.dataloader_num_workers,
+            args.feature_cache_dir,
+            device,
+            disable_progress,
+        )
+    sampler = NeighbourPairSampler(cache_neighbours(cache, recipe.hard_negative_neighbours), seed=args.seed)
+    return build_dataloader(
+        train_dataset,
+        collator,
+        args.per_device_train_batch_size,
+        drop_last=True,
+        seed=args.seed,
+        num_workers=args.dataloader_num_workers,
+        sampler=sampler,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -473,4 +543,7 @@ __all__ = [
     "warmup_steps",
     "first_batch",
     "evaluate_on_cache",
+    "cache_neighbours",
+    "validation_score",
+    "hard_negative_dataloader",
 ]

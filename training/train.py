@@ -218,6 +218,14 @@ def parse_args(argv=None):
         help="also train the prompt generator and text adapters in stage 1",
     )
     parser.add_argument(
+        "--hard_negative_batches",
+        type=lambda v: v.lower() in ("true", "1"),
+        default=None,
+        metavar="{true,false}",
+        help="batches of nearest-neighbour pairs in frozen mean-pooled frame features, in both stages of the "
+        "recipe (default: the recipe's, true)",
+    )
+    parser.add_argument(
         "--temporal_gate_ratio",
         type=float,
         default=None,
@@ -957,7 +965,7 @@ def main(argv=None):
         )
 
     # ------------------------------------------------------------------------------------ stage 1 of the recipe
-    head_stage_records, head_stage_summary = [], {}
+    head_stage_records, head_stage_summary, head_stage_caches = [], {}, {}
     if (
         not args.resume_from_checkpoint
         and not is_classification
@@ -980,6 +988,7 @@ def main(argv=None):
             num_workers=args.dataloader_num_workers,
             disable_progress=not accelerator.is_local_main_process,
             check_cache=lambda cache: check_bad_videos_in_cache(cache, args.max_bad_video_fraction, len(train_dataset)),
+            caches=head_stage_caches,
         )
         head_stage_summary["temporal_gate"] = training_recipe.init_temporal_gate(
             model,
@@ -987,6 +996,10 @@ def main(argv=None):
             args.temporal_gate_ratio,
         )
         accelerator.print(f"temporal gate set to {head_stage_summary['temporal_gate']:.4g}")
+    if args.hard_negative_batches and not is_classification and not args.streaming and not use_cache:
+        train_dataloader = training_recipe.hard_negative_dataloader(
+            model, train_dataset, train_collator, args, recipe, accelerator.device, head_stage_caches.get("train")
+        )
 
     # ------------------------------------------------------------------------------------ optimizer and schedule
     groups = training_recipe.parameter_groups(
@@ -1109,10 +1122,10 @@ def main(argv=None):
             + ", ".join(f"{k}={v:.4g}" for k, v in results.items() if isinstance(v, float))
         )
         # Epoch 0 competes too when stage 1 of the recipe trained the model before it.
-        if (epoch > 0 or head_stage_summary) and (
-            state["best_metric"] is None or results[selection_metric] > state["best_metric"]
-        ):
-            state["best_metric"], state["best_epoch"] = results[selection_metric], epoch
+        score = training_recipe.validation_score(results, selection_metric)
+        if (epoch > 0 or head_stage_summary) and (state["best_metric"] is None or score > state["best_metric"]):
+            state["best_metric"], state["best_epoch"] = score, epoch
+            state["best_value"] = results[selection_metric]
             if accelerator.is_main_process:
                 save_model(unwrapped, processor, checkpoints_dir / "best")
             accelerator.wait_for_everyone()
@@ -1240,7 +1253,8 @@ def main(argv=None):
         unwrapped.load_state_dict(best.state_dict())
     results = {
         "best_epoch": state["best_epoch"],
-        f"best_val_{selection_metric}": state["best_metric"],
+        f"best_val_{selection_metric}": state.get("best_value", state["best_metric"]),
+        "best_val_selection_score": state["best_metric"],
         "train_steps": completed_steps,
         "train_runtime": round(time.time() - start_time, 2),
         "num_skipped_train_videos": sum(len(v) for v in state["skipped"].values()),
