@@ -296,6 +296,8 @@ def _parse_override(key: str, text: str):
     if isinstance(default, (list, tuple)):
         return [int(v) for v in text.split(",")]
     if default is None:
+        if text.startswith("["):  # a list-valued field with a None default, e.g. paper_prompt_layers=[0,2]
+            return [int(v) for v in text.strip("[]").split(",") if v.strip()]
         return None if text.lower() == "none" else int(text) if text.isdigit() else text
     return text
 
@@ -996,9 +998,15 @@ def main(argv=None):
             args.temporal_gate_ratio,
         )
         accelerator.print(f"temporal gate set to {head_stage_summary['temporal_gate']:.4g}")
-    if args.hard_negative_batches and not is_classification and not args.streaming and not use_cache:
+    if args.hard_negative_batches and not is_classification and not args.streaming:
         train_dataloader = training_recipe.hard_negative_dataloader(
-            model, train_dataset, train_collator, args, recipe, accelerator.device, head_stage_caches.get("train")
+            model,
+            train_dataset,
+            train_collator,
+            args,
+            recipe,
+            accelerator.device,
+            cache if use_cache else head_stage_caches.get("train"),
         )
 
     # ------------------------------------------------------------------------------------ optimizer and schedule
