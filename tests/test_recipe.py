@@ -226,3 +226,13 @@ def test_hard_negative_batches_pair_reversed_twins_without_twin_labels():
     first, again = list(sampler), list(sampler)
     sampler.set_epoch(1)
     assert first == again and sorted(first) == list(range(20)) and list(sampler) != first
+
+
+def test_a_head_trained_in_stage_1_gets_its_own_rate_in_stage_2_and_a_given_flag_wins():
+    recipe = R.RECIPES["paper"]
+    args = _args()
+    R.resolve_args(args, "paper")
+    assert R.head_lr_multiplier(args, recipe, head_trained=True) == recipe.trained_head_lr_multiplier == 0.1
+    assert R.head_lr_multiplier(args, recipe, head_trained=False) == recipe.head_lr_multiplier == 1.0
+    args.head_lr_multiplier = 2.0
+    assert R.head_lr_multiplier(args, recipe, head_trained=True) == 2.0

@@ -44,9 +44,12 @@ class Recipe:
     model_options: dict = field(default_factory=dict)
     # Stage 2 (end to end).
     learning_rate: float = 1e-3
-    # The head arrives trained from stage 1: at a tenth of the rate stage 2 keeps what it learnt (validation pair
-    # accuracy 0.97-1.0 over the epochs of stage 2 against 0.92-0.97 at the full rate, synthetic seed 0).
-    head_lr_multiplier: float = 0.1
+    # The temporal head's rate: `head_lr_multiplier` for a head trained from scratch (no stage 1, e.g. the frozen-CLIP
+    # + head baseline), `trained_head_lr_multiplier` for a head that arrives trained from stage 1: at a tenth of the
+    # rate stage 2 keeps what it learnt (validation pair accuracy 0.97-1.0 over the epochs of stage 2 against
+    # 0.92-0.97 at the full rate, synthetic seed 0).
+    head_lr_multiplier: float = 1.0
+    trained_head_lr_multiplier: float = 0.1
     prompter_lr_multiplier: float = 1.0
     weight_decay: float = 0.2
     adam_betas: tuple = (0.9, 0.98)
@@ -102,7 +105,6 @@ def resolve_args(args, variant: str | None):
     recipe = recipe_for(variant)
     defaults = {
         "learning_rate": recipe.learning_rate,
-        "head_lr_multiplier": recipe.head_lr_multiplier,
         "prompter_lr_multiplier": recipe.prompter_lr_multiplier,
         "weight_decay": recipe.weight_decay,
         "adam_beta1": recipe.adam_betas[0],
@@ -119,6 +121,13 @@ def resolve_args(args, variant: str | None):
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     return recipe
+
+
+def head_lr_multiplier(args, recipe: Recipe, head_trained: bool) -> float:
+    """`--head_lr_multiplier` when given, else the recipe's for a head trained in stage 1 or from scratch."""
+    if args.head_lr_multiplier is not None:
+        return args.head_lr_multiplier
+    return recipe.trained_head_lr_multiplier if head_trained else recipe.head_lr_multiplier
 
 
 def warmup_steps(args, num_training_steps: int) -> int:
@@ -544,6 +553,7 @@ __all__ = [
     "head_stage_steps",
     "wants_head_stage",
     "warmup_steps",
+    "head_lr_multiplier",
     "first_batch",
     "evaluate_on_cache",
     "cache_neighbours",

@@ -1011,7 +1011,11 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------ optimizer and schedule
     groups = training_recipe.parameter_groups(
-        model, args.learning_rate, args.weight_decay, args.head_lr_multiplier, args.prompter_lr_multiplier
+        model,
+        args.learning_rate,
+        args.weight_decay,
+        training_recipe.head_lr_multiplier(args, recipe, bool(head_stage_summary)),
+        args.prompter_lr_multiplier,
     )
     optimizer = training_recipe.build_optimizer(groups, args)
     # As in the examples: the schedule is computed on the sharded loader after `prepare` (below).
