@@ -102,3 +102,38 @@ def test_model_card_snippet_loads_the_folder_it_was_written_for(tmp_path):
     )
     _, snippet = _card(output_dir)
     assert re.findall(r'from_pretrained\("([^"]+)"', snippet) == [str(output_dir)] * 2
+
+
+def _spliced_counts(model, clips: torch.Tensor) -> torch.Tensor:
+    """Inserted-token counts of clips spliced from two different clips: frames 0-3 of clip i, 4-7 of clip i + 1."""
+    spliced = torch.cat([clips[:, :4], clips.roll(1, dims=0)[:, 4:]], dim=1)
+    with torch.no_grad():
+        return model(pixel_values=spliced).inserted_tokens
+
+
+def test_trained_checkpoint_puts_more_prompt_tokens_at_a_hard_cut():
+    """The committed default's dynamic insertion on spliced clips of both synthetic worlds (the held-out world's
+    clips were never seen in training): the cut's gap gets more tokens than the median gap in >= 80% of them."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from benchmarks.heldout_world import MOTIONS as HELDOUT_MOTIONS
+    from benchmarks.heldout_world import sample_clip
+    from modeling_stop import STOPModel
+    from tests.test_paper_variant import _synthetic_clips
+
+    model = STOPModel.from_pretrained(TRAINED).eval()
+    assert model.config.variant == "paper" and model.config.paper_version == 2
+    assert model.config.use_spatial_prompt and model.config.use_temporal_prompt
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    rng = np.random.default_rng(7)
+    heldout = []
+    for i in range(12):
+        frames = torch.from_numpy(sample_clip(rng, HELDOUT_MOTIONS[i % len(HELDOUT_MOTIONS)], 80, 8)[0])
+        x = F.interpolate(frames.permute(0, 3, 1, 2).float() / 255, size=64, mode="bilinear", antialias=True)
+        heldout.append((x - mean) / std)
+    for clips in (_synthetic_clips(12, 1, seed=3), torch.stack(heldout)):
+        counts = _spliced_counts(model, clips)
+        assert counts.shape == (12, 7)
+        assert (counts[:, 3] > counts.median(-1).values).float().mean() >= 0.8, counts.tolist()

@@ -198,3 +198,41 @@ def test_head_stage_learns_order_on_cached_features_and_leaves_the_rest_frozen(m
         video = F.normalize(model.temporal_head(features, torch.ones(4, 4, dtype=torch.long)), dim=-1)
         text = F.normalize(model.get_text_features(**_Processor()(captions)), dim=-1)
     assert torch.equal((text @ video.t()).argmax(-1), torch.arange(4))
+
+
+def test_hard_negative_batches_pair_reversed_twins_without_twin_labels():
+    from training.data import NeighbourPairSampler, neighbour_pair_order
+    from training.feature_cache import FrameFeatureCache
+
+    generator = torch.Generator().manual_seed(0)
+    forward = torch.randn(10, 6, 16, generator=generator)
+    features = torch.cat([forward, forward.flip(1)])  # video i and i + 10 are twins: the same frames reversed
+    shuffle = torch.randperm(20, generator=generator)
+    features, twin = features[shuffle], (shuffle + 10) % 20
+    position = torch.empty(20, dtype=torch.long)
+    position[shuffle] = torch.arange(20)
+    mask = torch.ones(20, 6, dtype=torch.long)
+    mask[3] = 0  # a video that failed to decode: nobody's neighbour
+    neighbours = R.cache_neighbours(FrameFeatureCache(features, mask, []), k=4)
+    assert neighbours.shape == (20, 4) and not (neighbours == 3).any()
+    for row in range(20):
+        if row != 3 and position[twin[row]] != 3:
+            assert neighbours[row, 0] == position[twin[row]]  # the nearest neighbour is the twin
+    valid = [i for i in range(20) if i not in (3, int(position[twin[3]]))]
+    order = neighbour_pair_order(neighbours, torch.Generator().manual_seed(1), valid)
+    assert sorted(order) == valid  # each valid video once
+    assert all(position[twin[order[k]]] == order[k + 1] for k in range(0, len(order), 2))
+    sampler = NeighbourPairSampler(neighbours, seed=5)
+    first, again = list(sampler), list(sampler)
+    sampler.set_epoch(1)
+    assert first == again and sorted(first) == list(range(20)) and list(sampler) != first
+
+
+def test_a_head_trained_in_stage_1_gets_its_own_rate_in_stage_2_and_a_given_flag_wins():
+    recipe = R.RECIPES["paper"]
+    args = _args()
+    R.resolve_args(args, "paper")
+    assert R.head_lr_multiplier(args, recipe, head_trained=True) == recipe.trained_head_lr_multiplier == 0.1
+    assert R.head_lr_multiplier(args, recipe, head_trained=False) == recipe.head_lr_multiplier == 1.0
+    args.head_lr_multiplier = 2.0
+    assert R.head_lr_multiplier(args, recipe, head_trained=True) == 2.0

@@ -62,6 +62,8 @@ class TrainState:
     batches_in_epoch: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
+    # The selection metric's own value at the best epoch (`best_metric` is the selection score it was chosen by).
+    best_value: float | None = None
     skipped: dict = field(default_factory=dict)
     elapsed: float = 0.0
     run_args: dict = field(default_factory=dict)

@@ -401,6 +401,76 @@ class EpochSampler(Sampler):
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
+def nearest_neighbours(
+    embeddings: torch.Tensor, k: int = 8, exclude: torch.Tensor | None = None, chunk_size: int = 4096
+) -> torch.Tensor:
+    """The `k` nearest other rows of every row of `embeddings` [N, E] by cosine: [N, min(k, N - 1)] indices, best
+    first (computed in chunks of rows, so a large split never holds an N x N matrix). Rows where `exclude` [N] is
+    True come last in every list."""
+    x = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    n = len(x)
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.zeros(n, 0, dtype=torch.long)
+    rows = []
+    for start in range(0, n, chunk_size):
+        sim = x[start : start + chunk_size] @ x.t()
+        own = torch.arange(len(sim))
+        if exclude is not None:
+            sim[:, exclude] = -3.0
+        sim[own, start + own] = -float("inf")
+        rows.append(sim.topk(k, dim=-1).indices)
+    return torch.cat(rows)
+
+
+def neighbour_pair_order(neighbours: torch.Tensor, generator: torch.Generator, candidates=None) -> list[int]:
+    """A sampling order in which consecutive positions (0, 1), (2, 3), ... are mutual hard negatives.
+
+    Greedy over a random order of the rows: each row not yet taken is paired with its nearest neighbour not yet
+    taken (`neighbours`: `nearest_neighbours` output). On videos with frame-reversed twins the nearest neighbour in
+    mean-pooled frozen features is the twin (the same frames), so the pairs are the twins, found without any twin
+    label. The pairs are shuffled; rows left without a free neighbour come last. `candidates`: the rows to order
+    (default: all)."""
+    n = len(neighbours)
+    rows = torch.arange(n) if candidates is None else torch.as_tensor(candidates, dtype=torch.long)
+    allowed = np.zeros(n, dtype=bool)
+    allowed[rows.numpy()] = True
+    taken = ~allowed
+    table = neighbours.tolist()
+    pairs, singles = [], []
+    for i in rows[torch.randperm(len(rows), generator=generator)].tolist():
+        if taken[i]:
+            continue
+        taken[i] = True
+        mate = next((j for j in table[i] if not taken[j]), None)
+        if mate is None:
+            singles.append(i)
+        else:
+            taken[mate] = True
+            pairs.append((i, mate))
+    order = [i for p in torch.randperm(len(pairs), generator=generator).tolist() for i in pairs[p]]
+    return order + singles
+
+
+class NeighbourPairSampler(Sampler):
+    """`EpochSampler` whose shuffled order puts every video next to its nearest neighbour (`neighbour_pair_order`,
+    redrawn from `seed + epoch`): with an even batch size each batch holds pairs of mutual hard negatives."""
+
+    def __init__(self, neighbours: torch.Tensor, seed: int = 0):
+        self.neighbours, self.seed = neighbours, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(neighbour_pair_order(self.neighbours, generator))
+
+
 def build_dataloader(
     dataset: VideoTextDataset,
     collate_fn,
@@ -409,8 +479,10 @@ def build_dataloader(
     drop_last: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader over `dataset` that decodes in `num_workers` worker processes.
+    """A DataLoader over `dataset` that decodes in `num_workers` worker processes (`sampler`: an order of its own,
+    e.g. `NeighbourPairSampler`, instead of `EpochSampler`).
 
     It has its own `generator`, so iterating it never draws from the global torch RNG (which dropout uses):
     a run resumed mid-epoch continues the global RNG stream exactly where the checkpoint left it.
@@ -418,7 +490,7 @@ def build_dataloader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        sampler=sampler if sampler is not None else EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
         collate_fn=collate_fn,
         drop_last=drop_last,
         num_workers=num_workers,

@@ -239,6 +239,14 @@ def parse_args(argv=None):
         help="also train the prompt generator and text adapters in stage 1",
     )
     parser.add_argument(
+        "--hard_negative_batches",
+        type=lambda v: v.lower() in ("true", "1"),
+        default=None,
+        metavar="{true,false}",
+        help="batches of nearest-neighbour pairs in frozen mean-pooled frame features, in both stages of the "
+        "recipe (default: the recipe's, true)",
+    )
+    parser.add_argument(
         "--temporal_gate_ratio",
         type=float,
         default=None,
@@ -297,12 +305,15 @@ def config_overrides(items: list[str]) -> dict:
 
     Bool, int, float and string fields go through the config's own `PretrainedConfig.update_from_string`, one item
     at a time (a list value holds commas). That parser types no other field, so list fields (the kernels) take
-    comma-separated ints here, and fields whose default is None an int, a list of ints, `none` or a string."""
+    comma-separated ints here (`0,2` or `[0,2]`), and fields whose default is None an int, a list of ints, `none`
+    or a string."""
     config = STOPConfig()
     defaults = config.to_dict()
     overrides = {}
     for item in items:
         key, value = item.split("=", 1)
+        bracketed = value.startswith("[") and value.endswith("]")
+        value = value[1:-1] if bracketed else value
         if key not in defaults:
             raise ValueError(f"--stop_config_overrides: {key!r} is not a STOPConfig field")
         if isinstance(defaults[key], (list, tuple)):
@@ -311,8 +322,8 @@ def config_overrides(items: list[str]) -> dict:
             parts = value.split(",")
             if value.lower() == "none":
                 overrides[key] = None
-            elif all(p.isdigit() for p in parts):
-                overrides[key] = [int(p) for p in parts] if len(parts) > 1 else int(value)
+            elif all(p.strip().isdigit() for p in parts):
+                overrides[key] = [int(p) for p in parts] if len(parts) > 1 or bracketed else int(value)
             else:
                 overrides[key] = value
         else:
@@ -484,10 +495,11 @@ def build_train_dataloader(args, accelerator, model, processor, raw, stream, col
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_head_stage(args, recipe, model, processor, train_dataset, validation, accelerator) -> tuple[list, dict]:
+def run_head_stage(args, recipe, model, processor, train_dataset, validation, accelerator) -> tuple[list, dict, dict]:
     """Stage 1 of the recipe (`training.recipe.train_head_stage`) when it applies: new STOP models whose temporal
-    head reads frozen features, retrieval, map-style data, not on resume. Returns its metrics.jsonl records and
-    its summary (with the temporal gate it set for stage 2); nothing when it does not run."""
+    head reads frozen features, retrieval, map-style data, not on resume. Returns its metrics.jsonl records, its
+    summary (with the temporal gate it set for stage 2) and the frozen-feature caches it built (by split);
+    nothing when it does not run."""
     if (
         args.resume_from_checkpoint
         or args.task == "classification"
@@ -495,8 +507,8 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
         or not training_recipe.wants_head_stage(model)
         or training_recipe.head_stage_steps(args, recipe, len(train_dataset)) <= 0
     ):
-        return [], {}
-    records = []
+        return [], {}, {}
+    records, caches = [], {}
     summary = training_recipe.train_head_stage(
         model,
         processor,
@@ -514,20 +526,44 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
         check_cache=functools.partial(
             check_bad_videos_in_cache, max_fraction=args.max_bad_video_fraction, num_videos=len(train_dataset)
         ),
+        caches=caches,
     )
     first_batch = training_recipe.first_batch(
         train_dataset, VideoTextCollator(processor), args.per_device_eval_batch_size, accelerator.device
     )
     summary["temporal_gate"] = training_recipe.init_temporal_gate(model, first_batch, args.temporal_gate_ratio)
     accelerator.print(f"temporal gate set to {summary['temporal_gate']:.4g}")
-    return records, summary
+    return records, summary, caches
 
 
-def build_optimizer_and_scheduler(args, model, train_dataloader, num_processes: int):
-    """The recipe's parameter groups and optimizer, and the learning-rate schedule over `--max_train_steps`
-    (derived from `--num_train_epochs` when not given)."""
+def hard_negative_train_dataloader(args, recipe, accelerator, model, train_dataset, train_dataloader, caches: dict):
+    """The training loader with `--hard_negative_batches`: batches of nearest-neighbour pairs in the frozen
+    mean-pooled frame features (from the cached features of the train split, stage 1's cache, or one built here);
+    `train_dataloader` unchanged without the flag, on a stream and for classification."""
+    if not args.hard_negative_batches or args.streaming or args.task == "classification":
+        return train_dataloader
+    cache = train_dataset.cache if isinstance(train_dataset, CachedFeatureDataset) else caches.get("train")
+    return training_recipe.hard_negative_dataloader(
+        model,
+        train_dataset,
+        train_dataloader.collate_fn,
+        args,
+        recipe,
+        accelerator.device,
+        cache,
+        disable_progress=not accelerator.is_local_main_process,
+    )
+
+
+def build_optimizer_and_scheduler(args, recipe, model, train_dataloader, num_processes: int, head_trained: bool):
+    """The recipe's parameter groups and optimizer (a head trained in stage 1 at the recipe's rate for it), and the
+    learning-rate schedule over `--max_train_steps` (derived from `--num_train_epochs` when not given)."""
     groups = training_recipe.parameter_groups(
-        model, args.learning_rate, args.weight_decay, args.head_lr_multiplier, args.prompter_lr_multiplier
+        model,
+        args.learning_rate,
+        args.weight_decay,
+        training_recipe.head_lr_multiplier(args, recipe, head_trained),
+        args.prompter_lr_multiplier,
     )
     optimizer = training_recipe.build_optimizer(groups, args)
     if args.max_train_steps is None:  # (--streaming requires it: a stream has no length)
@@ -661,8 +697,9 @@ def validate(run: TrainingRun, state: TrainState, epoch: int, epoch_zero_compete
     if run.args.with_tracking:
         accelerator.log({f"val_{k}": v for k, v in numeric.items()}, step=state.completed_steps)
     accelerator.print(f"epoch {epoch} validation: " + format_results(results))
-    if (epoch > 0 or epoch_zero_competes) and (state.best_metric is None or results[metric] > state.best_metric):
-        state.best_metric, state.best_epoch = results[metric], epoch
+    score = training_recipe.validation_score(results, metric)
+    if (epoch > 0 or epoch_zero_competes) and (state.best_metric is None or score > state.best_metric):
+        state.best_metric, state.best_epoch, state.best_value = score, epoch, results[metric]
         if accelerator.is_main_process:
             save_model(run.evaluate.model, run.evaluate.processor, run.checkpoints_dir / "best")
         accelerator.wait_for_everyone()
@@ -818,7 +855,8 @@ def run_summary(run: TrainingRun, state: TrainState, training_path: str, head_st
     """What `all_results.json` says of the training (the test metrics are added to it)."""
     return {
         "best_epoch": state.best_epoch,
-        f"best_val_{run.selection_metric}": state.best_metric,
+        f"best_val_{run.selection_metric}": state.best_metric if state.best_value is None else state.best_value,
+        "best_val_selection_score": state.best_metric,
         "train_steps": state.completed_steps,
         "train_runtime": state.seconds(),
         "num_skipped_train_videos": sum(len(v) for v in state.skipped.values()),
@@ -930,10 +968,15 @@ def main(argv=None):
     logger.info(f"  Training path = {training_path}")
 
     # Stage 1 of the recipe, then the optimizer and schedule of stage 2
-    head_stage_records, head_stage_summary = run_head_stage(
+    head_stage_records, head_stage_summary, head_stage_caches = run_head_stage(
         args, recipe, model, processor, train_dataset, eval_datasets.get("validation"), accelerator
     )
-    optimizer, lr_scheduler = build_optimizer_and_scheduler(args, model, train_dataloader, accelerator.num_processes)
+    train_dataloader = hard_negative_train_dataloader(
+        args, recipe, accelerator, model, train_dataset, train_dataloader, head_stage_caches
+    )
+    optimizer, lr_scheduler = build_optimizer_and_scheduler(
+        args, recipe, model, train_dataloader, accelerator.num_processes, head_trained=bool(head_stage_summary)
+    )
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )

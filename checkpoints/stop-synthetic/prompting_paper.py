@@ -35,6 +35,20 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """`F.scaled_dot_product_attention` over [..., H, L, hd] with any number of leading dims, run as 4-D (on CPU the
+    fused kernel takes 4-D inputs only; 5-D ones fall back to the much slower unfused path)."""
+    if q.dim() == 4:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    lead = q.shape[:-3]
+    if attn_mask is not None:
+        attn_mask = attn_mask.expand(*lead, *attn_mask.shape[-3:]).reshape(-1, *attn_mask.shape[-3:])
+    out = F.scaled_dot_product_attention(
+        q.reshape(-1, *q.shape[-3:]), k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), attn_mask=attn_mask
+    )
+    return out.view(*lead, *out.shape[-3:])
+
+
 def _to_volume(x: torch.Tensor, grid: int) -> torch.Tensor:
     """[B, T, N, C] -> [B, C, T, g, g] for 3D convolutions over (time, rows, columns)."""
     b, t, _, c = x.shape
@@ -60,6 +74,8 @@ class TokenConv3d(nn.Conv3d):
         padded = F.pad(x, (0, 0, 0, 0, pad, pad))
         stacked = torch.stack([padded[:, :, i : i + t] for i in range(kt)], dim=1)  # [B, kt, C, T, h, w]
         stacked = stacked.permute(0, 3, 1, 2, 4, 5).reshape(b * t, kt * c, h, w)
+        # channels_last: oneDNN's NCHW kernel for these few-pixel, many-channel maps is ~100x slower on CPU
+        stacked = stacked.contiguous(memory_format=torch.channels_last)
         weight = self.weight.transpose(1, 2).reshape(self.out_channels, kt * c, *self.kernel_size[1:])
         out = F.conv2d(stacked, weight, self.bias, padding=self.padding[1:])
         return out.view(b, t, self.out_channels, h, w).transpose(1, 2)
@@ -302,9 +318,7 @@ def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame
         key_parts_v.append(previous(vf))
         mask_parts.append(F.pad(frame_valid[:, :-1, -slots:], (0, 0, 1, 0)))
     frame_mask = torch.cat(mask_parts, dim=2)[:, :, None, None]
-    out_f = F.scaled_dot_product_attention(
-        qf, torch.cat(key_parts_k, 3), torch.cat(key_parts_v, 3), attn_mask=frame_mask
-    )
+    out_f = _attention(qf, torch.cat(key_parts_k, 3), torch.cat(key_parts_v, 3), attn_mask=frame_mask)
 
     video_mask_ = torch.cat([always[:, 0], frame_valid.flatten(1)], dim=1)[:, None, None]
     kv = (
@@ -394,7 +408,7 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
     num_local, num_patches, width = config.num_local_prompts, tokens.shape[2] - 1, tokens.shape[-1]
     slots = config.max_inserted_tokens if temporal is not None and t > 1 else 0
 
-    _, local = model.prompt_generator(t)  # [L, T, P, D]
+    _, local = model._prompts(t)  # [L, T, P, D]
     local = local.to(tokens.dtype).unsqueeze(1).expand(-1, b, -1, -1, -1)  # [L, B, T, P, D]
     if model.frame_identity is not None:
         local = local + model.frame_identity(video_mask).to(tokens.dtype)[None, :, :, None]

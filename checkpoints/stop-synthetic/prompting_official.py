@@ -1,0 +1,129 @@
+"""Fast CPU convolutions of the official STOP variant's pixel-space prompter (`variant="official"`).
+
+The released prompter is a stack of "same" Conv3d with (3, 11, 11) kernels over [B, C, T, 224, 224] frames (about
+74 GMAC per 12-frame video, more than the ViT-B/32 itself). `PlaneFFTConv3d` computes the same function through
+2-D real FFTs over (H, W) only: every input plane is transformed once, the kernel's (kh, kw) taps become one complex
+number per frequency, and the few temporal taps and the channel mixing are `kt` accumulated batched matmuls per
+frequency (`out[co, t] = sum_ci sum_dt K[co, ci, dt] X[ci, t + dt - kt // 2]`, complex numbers as interleaved real
+pairs). For the prompter stack that is a few GFLOP instead of 74 GMAC. Gradients flow through `torch.fft` and the matmul like through the direct convolution.
+
+This file only depends on torch: `modeling_stop.py` imports it relatively, so `save_pretrained` copies it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def fast_fft_length(n: int) -> int:
+    """Smallest m >= n whose prime factors are 2, 3 and 5."""
+    while True:
+        m = n
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return n
+        n += 1
+
+
+def shifted_dft_matrix(length: int, taps: int, rows: int, device, dtype=torch.complex64) -> torch.Tensor:
+    """[rows, taps] with entry (u, a) = exp(2 pi i u (a - taps // 2) / length): multiplying a spectrum by
+    `sum_a w[a] E[u, a]` is the correlation with the centred kernel w (output i reads x[i + a - taps // 2])."""
+    u = torch.arange(rows, dtype=torch.float64)
+    a = torch.arange(taps, dtype=torch.float64) - taps // 2
+    angle = (2 * math.pi / length) * torch.outer(u, a).remainder(length)
+    return torch.polar(torch.ones_like(angle), angle).to(device=device, dtype=dtype)
+
+
+class PlaneFFTConv3d(nn.Conv3d):
+    """A stride-1, "same"-padded Conv3d (odd kernel, zero padding) computed through 2-D real FFTs over its last two
+    axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
+    are those of `nn.Conv3d`; outputs equal the direct convolution up to float32 rounding (relative 1e-6).
+
+    The output is [B, C_out, T, H, W] stored as [T, B, C_out, H, W] (a permuted view): the next convolution of a
+    stack reads its planes without a transpose. Outside autograd the kernel's spectrum is cached per weight
+    version."""
+
+    def _fft_applies(self, x: torch.Tensor) -> bool:
+        kernel = self.kernel_size
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 5
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and all(s == 1 for s in self.stride)
+            and all(d == 1 for d in self.dilation)
+            and all(k % 2 == 1 for k in kernel)
+            and tuple(self.padding) == tuple(k // 2 for k in kernel)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fft_applies(x):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return self._fft_forward(x.float()).to(x.dtype)
+
+    def _lengths(self, height: int, width: int) -> tuple[int, int]:
+        # A circular correlation of length >= n + k // 2 leaves the "same" window free of wrap-around.
+        return fast_fft_length(height + self.kernel_size[1] // 2), fast_fft_length(width + self.kernel_size[2] // 2)
+
+    def kernel_spectrum(self, length_h: int, length_w: int) -> torch.Tensor:
+        """The weight's spectrum K, per temporal tap, as the real matrix of the complex product `X @ K` on
+        interleaved (real, imaginary) pairs: kt tensors [L_h * (L_w // 2 + 1), C_in * 2, C_out * 2], cached when no gradient
+        is needed. (A real batched matmul: on CPU, torch's complex `bmm` of these small matrices is several times
+        slower.)"""
+        weight = self.weight
+        needs_grad = torch.is_grad_enabled()  # cached spectra only outside autograd (inference tensors are not saved)
+        key = (length_h, length_w, weight._version, weight.data_ptr(), weight.device, weight.dtype)
+        cached = getattr(self, "_spectrum_cache", None)
+        if not needs_grad and cached is not None and cached[0] == key:
+            return cached[1]
+        c_out, c_in, kt, kh, kw = weight.shape
+        e_h = shifted_dft_matrix(length_h, kh, length_h, weight.device)  # [L_h, kh]
+        e_w = shifted_dft_matrix(length_w, kw, length_w // 2 + 1, weight.device)  # [L_w', kw]
+        # sum_b w[..., a, b] e_w[v, b] -> [C_out, C_in, kt, kh, L_w'], then sum_a e_h[u, a] (.)[a, ...]
+        along_w = weight.float().to(torch.complex64) @ e_w.t()
+        along_w = along_w.permute(2, 3, 4, 1, 0).reshape(kt, kh, -1)  # [kt, kh, L_w' * C_in * C_out]
+        spectrum = (e_h @ along_w).view(kt, length_h * (length_w // 2 + 1), c_in, c_out)
+        # rows (ci, re | im), columns (co, re | im): y_re = x_re K_re - x_im K_im, y_im = x_re K_im + x_im K_re, i.e.
+        # row (ci, re) holds K[ci] as (re, im) pairs and row (ci, im) holds i K[ci]
+        spectrum = torch.stack([torch.view_as_real(spectrum), torch.view_as_real(spectrum * 1j)], dim=3)
+        spectrum = spectrum.view(kt, length_h * (length_w // 2 + 1), 2 * c_in, 2 * c_out).unbind(0)
+        if not needs_grad:
+            self._spectrum_cache = (key, spectrum)
+        return spectrum
+
+    def _fft_forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c_in, t, h, w = x.shape
+        c_out, kt = self.out_channels, self.kernel_size[0]
+        length_h, length_w = self._lengths(h, w)
+        freqs = length_h * (length_w // 2 + 1)
+        pad = kt // 2
+        planes = torch.fft.rfft2(x.permute(2, 0, 1, 3, 4), s=(length_h, length_w))  # [T, B, C_in, L_h, L_w']
+        # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
+        # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
+        spectra = planes.new_empty(freqs, t + 2 * pad, b, c_in)
+        spectra[:, :pad] = 0
+        spectra[:, pad + t :] = 0
+        spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
+        spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
+        kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
+        out = torch.bmm(spectra[:, : t * b], kernel[0])
+        for dt in range(1, kt):
+            out.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
+        out = torch.view_as_complex(out.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
+        if self.bias is not None:  # a constant over the plane is its zero frequency times the plane size
+            out[0, 0] += self.bias.to(out.dtype) * (length_h * length_w)
+        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1))[:h, :w]  # [H, W, T, B, C_out]
+        return frames.permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
+
+
+def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneFFTConv3d:
+    return PlaneFFTConv3d(in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
+
+
+__all__ = ["PlaneFFTConv3d", "fast_fft_length", "plane_fft_same_conv3d", "shifted_dft_matrix"]
