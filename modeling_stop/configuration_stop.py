@@ -102,8 +102,9 @@ class STOPConfig(PretrainedConfig):
             `paper_prompt_layers`, with the switches below (which `1` ignores).
         paper_prompt_layers (`list[int]`, *optional*): vision layers that run the intra-frame and inter-frame
             prompting before their block. Defaults to every layer (the paper's "x L"). Measured at ViT-B/32, 12 frames,
-            fp32 CPU eval (`benchmarks/results/speed_paper_eval_1thread_cpu.md`): all 12 layers 1.54x the frozen
-            backbone, `[0]` 1.28x, the DGL prompts alone 1.17x; about 3% of the backbone per prompt layer.
+            fp32 CPU eval: all 12 layers 1.42x the frozen backbone (`benchmarks/results/speed_cpu_eval_quiet.md`);
+            in one loaded run (`speed_paper_cpu_1thread.md`) all 12 layers 1.49x, `[0]` 1.33x, the DGL prompts
+            alone 1.16x: layer 0 costs ~0.17x (it opens the inserted slots), every further layer ~0.015x.
         paper_region_source (`str`, defaults to `"layer"`): `"layer"` recomputes the discriminative regions at every
             prompt layer from that layer's tokens (A_t = the CLS-to-patch attention of the previous frozen block,
             computed there at no extra projection cost; the first layer 0 uses layer 0's attention on `ln_pre`);
