@@ -4,7 +4,7 @@ on validation), scored on the test split's cached frozen frame features with the
 
     python -m benchmarks.head_alone --dataset_name data/synthetic --seed 0 --head_stage_steps 2000
 
-Takes `training/train.py`'s flags (model, dataset, recipe); prints one JSON line: the stage summary and the test
+Takes `training/train.py`'s flags (`training/arguments.py`) (model, dataset, recipe); prints one JSON line: the stage summary and the test
 metrics.
 """
 
@@ -17,7 +17,7 @@ import time
 import torch
 
 from training import recipe as training_recipe
-from training import train
+from training.arguments import load_model_and_processor, load_splits, parse_args
 from training.data import VideoTextDataset
 from training.evaluation import load_metric
 from training.feature_cache import FrameFeatureCache
@@ -32,10 +32,10 @@ FROZEN_HEAD = [
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = train.parse_args(argv + ["--output_dir", "unused", "--stop_config_overrides", *FROZEN_HEAD])
+    args = parse_args(argv + ["--output_dir", "unused", "--stop_config_overrides", *FROZEN_HEAD])
     torch.manual_seed(args.seed)
-    _, raw = train.load_splits(args, False)
-    model, processor = train.load_model_and_processor(args)
+    _, raw = load_splits(args, False)
+    model, processor = load_model_and_processor(args)
     recipe = training_recipe.resolve_args(args, model.config.variant)
     columns = {"video_column": args.video_column, "caption_column": args.caption_column}
     splits = {

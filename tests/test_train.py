@@ -116,7 +116,8 @@ def test_parameter_groups_exclude_biases_norms_prelu_and_prompt_embeddings_from_
 
 
 def test_stop_config_overrides_are_typed_like_the_config_fields():
-    from training.train import parse_args, stop_options
+    from training.arguments import stop_options
+    from training.train import parse_args
 
     args = parse_args(
         [
