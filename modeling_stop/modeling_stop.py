@@ -30,6 +30,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
+from .prompting_official import fast_fft_length, plane_fft_same_conv3d
 from .prompting_paper import (  # the attention head helpers are shared with the paper variant's blocks
     STOPFrameIdentity,
     STOPPaperSpatialPrompting,
@@ -39,7 +40,6 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     _split_heads,
     encode_paper_video,
 )
-from .prompting_official import plane_fft_same_conv3d
 
 
 @dataclass
@@ -333,18 +333,6 @@ def _same_conv3d(in_channels: int, out_channels: int, kernel) -> nn.Conv3d:
     return nn.Conv3d(in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
 
 
-def _fast_fft_length(n: int) -> int:
-    """Smallest m >= n whose prime factors are 2, 3 and 5."""
-    while True:
-        m = n
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        if m == 1:
-            return n
-        n += 1
-
-
 class FFTConv3d(nn.Conv3d):
     """A "same"-padded stride-1 Conv3d computed through real FFTs on CPU (float32), the same function up to float
     rounding. The official inter-frame convolutions have large kernels ((3, 15, 25), (5, 11, 11)) over few channels
@@ -355,7 +343,7 @@ class FFTConv3d(nn.Conv3d):
             return super().forward(x)
         size, pads = x.shape[2:], [k // 2 for k in self.kernel_size]
         # A circular convolution of length >= n + k // 2 per axis leaves the "same" window free of wrap-around.
-        lengths = [_fast_fft_length(n + p) for n, p in zip(size, pads)]
+        lengths = [fast_fft_length(n + p) for n, p in zip(size, pads)]
         dims = (2, 3, 4)
         with torch.autocast("cpu", enabled=False):
             spectrum = torch.fft.rfftn(x.float(), s=lengths, dim=dims)
