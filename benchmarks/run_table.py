@@ -64,6 +64,7 @@ ROWS = {
     "stop-paper-1epoch": (["variant=paper", NO_HEAD], "STOP paper, 1 epoch"),
     # Ablations of the default (same recipe, head included, one switch changed): what each mechanism of the paper
     # variant adds, as a paired difference against `default` over the same seeds.
+    "default-dgl-only": (NO_STOP, "default without STOP's spatial and temporal prompts (DGL prompts + head)"),
     "default-spatial-only": (["use_temporal_prompt=False"], "default without the inter-frame (temporal) prompts"),
     "default-temporal-only": (["use_spatial_prompt=False"], "default without the intra-frame (spatial) prompts"),
     "default-static-insertion": (
