@@ -231,8 +231,12 @@ def test_explain_shows_every_sampled_frame_and_is_computed_once_per_video(server
     assert all(Path(f["image"]).is_file() and f["caption"].startswith("frame ") for f in frames)
     assert Image.open(frames[0]["image"]).size[0] >= 256
     assert np.asarray(Image.open(plot)).std() > 0
-    assert "`spatial_mask`" in summary and "`inserted_tokens` per gap" in summary
-    assert layer["visible"] is False and layer["maximum"] == 1  # the default model reports no per-layer field
+    # the default model prompts in every vision layer (paper_version 2): per-layer regions, a layer selector
+    config = json.loads((TRAINED_MODEL / "config.json").read_text())
+    num_layers = len(config["paper_prompt_layers"] or range(config["vision_config"]["num_hidden_layers"]))
+    assert f"`spatial_mask_per_layer` at layer 1 of {num_layers}" in summary
+    assert "`inserted_tokens` per gap" in summary
+    assert layer["visible"] is True and layer["maximum"] == num_layers
 
 
 def test_an_added_video_joins_that_sessions_gallery_only(server, client, outsider):
