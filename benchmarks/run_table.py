@@ -189,6 +189,11 @@ def summarise(reports: list[dict]) -> dict:
     return out
 
 
+def _digits(key: str) -> int:
+    """Decimals of a metric in the tables: shares and cosines 3, recalls (percent) and ranks 1."""
+    return 3 if key in ("pair_accuracy", "twin_cosine") else 1
+
+
 def paired_differences(reports: dict[str, list[dict]], reference: str = REFERENCE) -> dict:
     """Per row, the mean and spread over seeds of (row - reference) for the `PAIRED` metrics, on the seeds both
     rows ran; the reference row itself and rows without a shared seed are left out."""
@@ -231,7 +236,7 @@ def paired_markdown(paired: dict) -> list[str]:
                 cells.append("-")
                 continue
             mean, std, _ = stats[key]
-            digits = 3 if key == "pair_accuracy" else 1
+            digits = _digits(key)
             cells.append(f"{mean:+.{digits}f} ± {std:.{digits}f}")
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
@@ -247,7 +252,7 @@ def markdown(table: dict, seeds: list[int], command: str, wall: float, paired: d
                 cells.append("-")
                 continue
             mean, std = stats[key]
-            digits = 3 if key in ("pair_accuracy", "twin_cosine") else 1  # shares and cosines; the rest percent/ranks
+            digits = _digits(key)
             cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(seeds) > 1 else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     per_kind = sorted({k for stats in table.values() for k in stats if k.startswith("pair_accuracy/")})

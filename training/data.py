@@ -498,6 +498,15 @@ def build_dataloader(
     )
 
 
+def twin_pairs(pair_ids) -> list[tuple[int, int]]:
+    """Positions `(a, b)` of the clips that share a pair id with exactly one other clip (a clip and its reversed
+    twin), in the order the ids first appear."""
+    groups: dict = {}
+    for index, pair in enumerate(pair_ids):
+        groups.setdefault(pair, []).append(index)
+    return [tuple(members) for members in groups.values() if len(members) == 2]
+
+
 def reversed_pair_accuracy(video_text_sim, pair_ids, motions=None) -> dict[str, float]:
     """
     Share of videos that score their own caption above the caption of their reversed twin.
@@ -514,14 +523,8 @@ def reversed_pair_accuracy(video_text_sim, pair_ids, motions=None) -> dict[str, 
         wrong). Empty when no pair is found.
     """
     sim = np.asarray(video_text_sim, dtype=np.float64)
-    groups: dict = {}
-    for index, pair in enumerate(pair_ids):
-        groups.setdefault(pair, []).append(index)
     correct, kinds = [], []
-    for members in groups.values():
-        if len(members) != 2:
-            continue
-        a, b = members
+    for a, b in twin_pairs(pair_ids):
         correct += [sim[a, a] > sim[a, b], sim[b, b] > sim[b, a]]
         kinds += [motions[a], motions[b]] if motions is not None else [None, None]
     if not correct:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from training.data import reversed_pair_accuracy, split_pair_accuracy
+from training.data import reversed_pair_accuracy, split_pair_accuracy, twin_pairs
 from training.defaults import label_texts
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "metrics"
@@ -345,14 +345,11 @@ def twin_cosine(video_embeds, indices, split) -> dict[str, float]:
     the `pair_id` groups of exactly two videos. Empty when the split has no `pair_id` column or no pair."""
     if "pair_id" not in split.column_names:
         return {}
-    groups: dict = {}
-    for position, pair in enumerate(split.select([int(i) for i in indices])["pair_id"]):
-        groups.setdefault(pair, []).append(position)
-    pairs = [members for members in groups.values() if len(members) == 2]
+    pairs = twin_pairs(split.select([int(i) for i in indices])["pair_id"])
     if not pairs:
         return {}
     embeds = F.normalize(torch.as_tensor(video_embeds, dtype=torch.float32), dim=-1)
-    first, second = (torch.tensor([members[k] for members in pairs]) for k in (0, 1))
+    first, second = torch.tensor(pairs).T
     return {"twin_cosine": float((embeds[first] * embeds[second]).sum(-1).mean())}
 
 
