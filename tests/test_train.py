@@ -380,6 +380,31 @@ print(type(model).__name__, type(processor).__name__, tuple(model(**inputs).logi
     assert loaded.stdout.split()[-4:] == ["STOPModel", "STOPProcessor", "(1,", "1)"]
 
 
+def test_stage2_head_input_prompted_switches_the_stage_1_head_to_the_prompted_frames_and_is_saved(backbone, tmp_path):
+    data = benchmark(tmp_path / "data", num_train=8, num_validation=4)
+    out = tmp_path / "out"
+    result = run(
+        train_args(
+            backbone,
+            data,
+            out,
+            "--per_device_train_batch_size",
+            "4",
+            "--num_train_epochs",
+            "1",
+            "--head_stage_steps",
+            "2",
+            "--stage2_head_input",
+            "prompted",
+        )
+    )
+    assert "stage 2: the temporal head reads the prompted frame features" in result.stdout
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["head_stage_steps"] == 2 and results["stage2_head_input"] == "prompted"
+    config = json.loads((out / "config.json").read_text())
+    assert config["temporal_head"] == "seqTransf" and config["temporal_head_input"] == "prompted"
+
+
 @pytest.mark.slow
 def test_classification_evaluates_zero_shot_first_and_a_stop_folder_trains_on(backbone, tmp_path):
     data = benchmark(tmp_path / "data", num_train=8, num_validation=4, num_test=4)

@@ -174,6 +174,13 @@ def parse_args(argv=None, description: str | None = None):
         help="stage 2 starts with ||gate * head|| = ratio * ||STOP's own video feature||",
     )
     parser.add_argument(
+        "--stage2_head_input",
+        choices=["frozen", "prompted"],
+        default=None,
+        help="what the stage-1 head reads in stage 2: the frozen CLIP's frame features (the recipe's default) or "
+        "the prompted frame features, so that the head's input passes through STOP's prompts",
+    )
+    parser.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
         default=None,

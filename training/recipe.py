@@ -73,6 +73,8 @@ class Recipe:
     # the same ones), in both stages: `hard_negative_neighbours` candidates per video.
     hard_negative_batches: bool = True
     hard_negative_neighbours: int = 8
+    # What the head trained in stage 1 reads in stage 2 (`temporal_head_input` of the saved model).
+    stage2_head_input: str = "frozen"
 
 
 HEAD = {"temporal_head": "seqTransf", "temporal_head_input": "frozen"}
@@ -116,6 +118,7 @@ def resolve_args(args, variant: str | None):
         "head_stage_batch_size": recipe.head_stage_batch_size,
         "temporal_gate_ratio": recipe.temporal_gate_ratio,
         "hard_negative_batches": recipe.hard_negative_batches,
+        "stage2_head_input": recipe.stage2_head_input,
     }
     for name, value in defaults.items():
         if getattr(args, name, None) is None:

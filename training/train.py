@@ -249,6 +249,17 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
     return records, summary, caches
 
 
+def set_stage2_head_input(args, model, accelerator) -> dict:
+    """`--stage2_head_input`: what a STOP model's temporal head reads from stage 2 on (also on resume, so that a
+    resumed run computes what the interrupted one did). Returns the summary entry, empty when it does not apply."""
+    if not training_recipe.wants_head_stage(model) or args.task == "classification":
+        return {}
+    if args.stage2_head_input != model.config.temporal_head_input:
+        model.config.temporal_head_input = args.stage2_head_input
+        accelerator.print(f"stage 2: the temporal head reads the {args.stage2_head_input} frame features")
+    return {"stage2_head_input": model.config.temporal_head_input}
+
+
 def hard_negative_train_dataloader(args, recipe, accelerator, model, train_dataset, train_dataloader, caches: dict):
     """The training loader with `--hard_negative_batches`: batches of nearest-neighbour pairs in the frozen
     mean-pooled frame features (from the cached features of the train split, stage 1's cache, or one built here);
@@ -684,6 +695,7 @@ def main(argv=None):
     head_stage_records, head_stage_summary, head_stage_caches = run_head_stage(
         args, recipe, model, processor, train_dataset, eval_datasets.get("validation"), accelerator
     )
+    head_input_summary = set_stage2_head_input(args, model, accelerator)
     train_dataloader = hard_negative_train_dataloader(
         args, recipe, accelerator, model, train_dataset, train_dataloader, head_stage_caches
     )
@@ -754,7 +766,7 @@ def main(argv=None):
     progress_bar.close()
     accelerator.wait_for_everyone()
     load_best_model(unwrapped, checkpoints_dir)
-    results = run_summary(run, state, training_path, head_stage_summary)
+    results = run_summary(run, state, training_path, {**head_stage_summary, **head_input_summary})
     test_results = evaluate_test(run, state)
     if test_results is not None:
         results.update({f"test_{k}": v for k, v in test_results.items()})
