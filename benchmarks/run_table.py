@@ -242,18 +242,31 @@ def paired_markdown(paired: dict) -> list[str]:
     return lines
 
 
-def markdown(table: dict, seeds: list[int], command: str, wall: float, paired: dict | None = None) -> str:
-    head = "| row | " + " | ".join(label for _, label in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+def markdown(
+    table: dict,
+    seeds: list[int],
+    command: str,
+    wall: float,
+    paired: dict | None = None,
+    row_seeds: dict[str, list[int]] | None = None,
+    summed_wall: bool = False,
+) -> str:
+    """The table; `row_seeds` (row -> the seeds it ran, when rows differ) adds a seeds column, and a row shows its
+    spread only when it ran more than one seed."""
+    row_seeds = row_seeds or {}
+    varied = any(sorted(s) != sorted(seeds) for s in row_seeds.values())
+    head = "| row | " + ("seeds | " if varied else "") + " | ".join(label for _, label in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1 + varied)]
     for name, stats in table.items():
-        cells = []
+        ran = row_seeds.get(name, seeds)
+        cells = [" ".join(map(str, ran))] if varied else []
         for key, _ in COLUMNS:
             if key not in stats:
                 cells.append("-")
                 continue
             mean, std = stats[key]
             digits = _digits(key)
-            cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(seeds) > 1 else ""))
+            cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(ran) > 1 else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     per_kind = sorted({k for stats in table.values() for k in stats if k.startswith("pair_accuracy/")})
     if per_kind:
@@ -272,7 +285,11 @@ def markdown(table: dict, seeds: list[int], command: str, wall: float, paired: d
     lines += [
         "",
         f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
-        f"in {wall / 60:.1f} min.",
+        + (
+            f"from finished runs whose recorded wall times sum to {wall / 60:.1f} min."
+            if summed_wall
+            else f"in {wall / 60:.1f} min."
+        ),
     ]
     return "\n".join(lines)
 
@@ -291,14 +308,41 @@ def main(argv=None):
     parser.add_argument("--num_frames", type=int, default=8)
     parser.add_argument("--train_args", default="", help="extra flags for training/train.py, the same for every row")
     parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument(
+        "--finished_only",
+        action="store_true",
+        help="train and evaluate nothing: write the table of the (row, seed) runs already finished in --output_dir "
+        "(a table resumed over several sittings); rows with no finished seed are left out",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    reports = {name: [run_row(name, seed, args) for seed in args.seeds] for name in args.rows}
+    if args.finished_only:
+        reports = {
+            name: [json.loads(f.read_text()) for f in files]
+            for name in args.rows
+            if (
+                files := [
+                    p
+                    for s in args.seeds
+                    if (p := Path(args.output_dir) / f"{name}-seed{s}" / "test_eval.json").exists()
+                ]
+            )
+        }
+        if not reports:
+            raise SystemExit(
+                f"--finished_only: no finished run of {args.rows} with seeds {args.seeds} in {args.output_dir}"
+            )
+    else:
+        reports = {name: [run_row(name, seed, args) for seed in args.seeds] for name in args.rows}
     table = {name: summarise(r) for name, r in reports.items()}
     command = "python -m benchmarks.run_table " + " ".join(argv if argv is not None else sys.argv[1:])
     paired = paired_differences(reports)
-    text = markdown(table, args.seeds, command, time.perf_counter() - start, paired)
+    row_seeds = {name: [r["seed"] for r in runs] for name, runs in reports.items()}
+    wall = time.perf_counter() - start
+    if args.finished_only:  # the runs' own wall time, summed over the rows and seeds of the table
+        wall = sum(r.get("row_wall_time_s") or 0.0 for runs in reports.values() for r in runs)
+    text = markdown(table, args.seeds, command, wall, paired, row_seeds, summed_wall=args.finished_only)
     out = Path(args.output_dir)
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(

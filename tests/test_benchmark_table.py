@@ -55,6 +55,33 @@ def test_paired_differences_use_only_the_seeds_both_rows_ran():
     assert paired_differences({"clip-meanP": reports["clip-meanP"]}) == {}
 
 
+def test_finished_only_writes_the_table_of_the_finished_runs_with_each_rows_own_seeds(tmp_path):
+    import pytest
+
+    def finish(row, seed, r1, wall):
+        folder = tmp_path / f"{row}-seed{seed}"
+        folder.mkdir()
+        metrics = {"t2v_R@1": r1, "v2t_R@1": r1 / 2, "pair_accuracy": 0.9}
+        report = {"row": row, "seed": seed, "metrics": metrics, "row_wall_time_s": wall}
+        (folder / "test_eval.json").write_text(json.dumps(report))
+
+    finish("default", 0, 40.0, 60.0)
+    finish("default", 1, 44.0, None)  # evaluated only: no training time on record
+    finish("default-dgl-only", 0, 41.0, 120.0)
+    (tmp_path / "default-dgl-only-seed1").mkdir()  # started, not finished: left out, nothing trained
+    argv = ["--dataset_name", str(tmp_path / "absent"), "--output_dir", str(tmp_path), "--finished_only"]
+    main([*argv, "--seeds", "0", "1", "--rows", "default", "default-dgl-only", "default-official"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| row | seeds | T2V R@1 |" in table
+    assert "| default | 0 1 | 42.0 ± 2.0 |" in table and "| default-dgl-only | 0 | 41.0 |" in table
+    assert "default-official" not in table.split("Seeds:")[0]
+    assert "| default-dgl-only | 1 | +1.0 ± 0.0 |" in table  # paired on seed 0, the only seed both ran
+    assert "recorded wall times sum to 3.0 min" in table
+    assert not (tmp_path / "default-dgl-only-seed1" / "model").exists()
+    with pytest.raises(SystemExit, match="no finished run"):
+        main([*argv, "--seeds", "2", "--rows", "default"])
+
+
 def test_twin_cosine_pairs_the_clips_that_share_a_pair_id():
     import datasets
     import torch
