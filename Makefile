@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 
 RUFF := $(VENV)/bin/ruff
 
-.PHONY: setup checkout-path system-deps test-system-deps lint format test quickstart benchmark demo clean sync-checkpoints
+.PHONY: setup checkout-path system-deps test-system-deps lint format test quickstart benchmark benchmark-table demo clean sync-checkpoints
 
 # System packages through apt when we are root (CI, containers); otherwise a warning and the fallbacks.
 APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -64,10 +64,16 @@ quickstart: setup $(DATA)/test/metadata.jsonl
 	@echo "Model folder: $(OUT) (AutoModel.from_pretrained('$(OUT)', trust_remote_code=True))"
 	@echo "Open the demo on it:  $(PY) demo/app.py --model $(OUT) --gallery checkpoints/stop-synthetic/gallery"
 
-# The results table of README / MODEL_CARD (every row trained with the same recipe and seeds).
+# The results table of README / MODEL_CARD (every row trained with the same recipe and seeds). Resumable per row
+# and seed; `ROWS="default default-dgl-only"` restricts it, `make benchmark-table` writes the table of the runs
+# finished so far without training anything.
 SEEDS ?= 0 1 2
+ROWS ?=
 benchmark: setup $(DATA)/test/metadata.jsonl
-	$(PY) -m benchmarks.run_table --dataset_name $(DATA) --output_dir outputs/table --seeds $(SEEDS)
+	$(PY) -m benchmarks.run_table --dataset_name $(DATA) --output_dir outputs/table --seeds $(SEEDS) $(if $(ROWS),--rows $(ROWS))
+
+benchmark-table: setup
+	$(PY) -m benchmarks.run_table --dataset_name $(DATA) --output_dir outputs/table --seeds $(SEEDS) $(if $(ROWS),--rows $(ROWS)) --finished_only
 
 # The real CLIP BPE vocabulary (from the open_clip_torch wheel on PyPI) for the tokenizer test.
 .cache/clip_bpe/bpe_simple_vocab_16e6.txt.gz: | $(VENV)/.installed
