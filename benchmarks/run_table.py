@@ -122,11 +122,16 @@ def run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
 
 
+def result_path(output_dir, name: str, seed: int) -> Path:
+    """Where the test report of one (row, seed) run lives; its existence marks the run finished."""
+    return Path(output_dir) / f"{name}-seed{seed}" / "test_eval.json"
+
+
 def run_row(name: str, seed: int, args) -> dict:
     overrides, _ = ROWS[name]
-    out = Path(args.output_dir) / f"{name}-seed{seed}"
+    result_file = result_path(args.output_dir, name, seed)
+    out = result_file.parent
     out.mkdir(parents=True, exist_ok=True)
-    result_file = out / "test_eval.json"
     if result_file.exists():  # re-running the table reuses finished rows
         return json.loads(result_file.read_text())
     start = time.perf_counter()
@@ -318,17 +323,11 @@ def main(argv=None):
 
     start = time.perf_counter()
     if args.finished_only:
-        reports = {
-            name: [json.loads(f.read_text()) for f in files]
-            for name in args.rows
-            if (
-                files := [
-                    p
-                    for s in args.seeds
-                    if (p := Path(args.output_dir) / f"{name}-seed{s}" / "test_eval.json").exists()
-                ]
-            )
-        }
+        reports = {}
+        for name in args.rows:
+            files = [result_path(args.output_dir, name, seed) for seed in args.seeds]
+            if runs := [json.loads(f.read_text()) for f in files if f.exists()]:
+                reports[name] = runs
         if not reports:
             raise SystemExit(
                 f"--finished_only: no finished run of {args.rows} with seeds {args.seeds} in {args.output_dir}"
