@@ -262,14 +262,15 @@ def test_tokens_inserted_after_a_frame_are_seen_by_both_neighbouring_frames_only
     model = tiny_stop(variant="paper")
     layer, adapter = model.clip.vision_model.encoder.layers[0], model.vision_adapters[0]
     g = torch.Generator().manual_seed(0)
-    slots, seq = 2, 1 + 4 + 16 + 2
+    slots, seq = 2, 1 + 16 + 2 + 4  # [CLS, patches, inserted slots, local prompts]
+    inserted = slice(17, 19)
     frames = torch.randn(1, 3, seq, 64, generator=g)
     global_tokens = torch.randn(1, 4, 64, generator=g)
     valid = torch.ones(1, 3, seq, dtype=torch.bool)
     changed = frames.clone()
-    changed[:, 0, -slots:] += torch.randn(slots, 64, generator=g)  # the tokens inserted after frame 0
+    changed[:, 0, inserted] += torch.randn(slots, 64, generator=g)  # the tokens inserted after frame 0
     for neighbours in (True, False):
-        layout = _Layout(4, 16, slots, neighbours)
+        layout = _Layout(16, slots, neighbours, num_local=4)
         with torch.no_grad():
             _, before, _ = paper_global_local_block(layer, adapter, 0.1, global_tokens, frames, valid, layout)
             _, after, _ = paper_global_local_block(layer, adapter, 0.1, global_tokens, changed, valid, layout)
@@ -278,12 +279,20 @@ def test_tokens_inserted_after_a_frame_are_seen_by_both_neighbouring_frames_only
         assert (diff[1] > 1e-3) == neighbours  # frame 1 attends to them only with neighbour attention
         assert diff[2] < 1e-6
     # an empty slot (mask False) is seen by nobody
-    valid[:, 0, -slots:] = False
-    layout = _Layout(4, 16, slots, True)
+    valid[:, 0, inserted] = False
+    layout = _Layout(16, slots, True, num_local=4)
     with torch.no_grad():
         _, before, _ = paper_global_local_block(layer, adapter, 0.1, global_tokens, frames, valid, layout)
         _, after, _ = paper_global_local_block(layer, adapter, 0.1, global_tokens, changed, valid, layout)
-    assert (after - before)[:, :, : seq - slots].abs().max() < 1e-6
+    others = torch.cat([(after - before)[:, :, :17], (after - before)[:, :, 19:]], dim=2)
+    assert others.abs().max() < 1e-6
+    # only the leading `queries` tokens of each frame are computed, and they are the same as in the full block
+    with torch.no_grad():
+        _, first, _ = paper_global_local_block(
+            layer, adapter, 0.1, global_tokens, frames, valid, _Layout(16, slots, True, queries=17)
+        )
+    assert first.shape == (1, 3, 17, 64)
+    torch.testing.assert_close(first, before[:, :, :17], rtol=0, atol=1e-5)
 
 
 def test_a_model_built_for_8_frames_runs_on_4_and_16_with_interpolated_frame_identity():

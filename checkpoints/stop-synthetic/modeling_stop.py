@@ -275,23 +275,28 @@ class STOPLinearPromptGenerator(nn.Module):
         return text, visual
 
 
-def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens, frame_valid=None):
+def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens, frame_valid=None, queries=None):
     """One frozen CLIP vision layer with global-local attention.
 
     global_tokens [B, G, D]; frame_tokens [B, T, S, D]. Frame tokens attend to [their video's global tokens;
     their own frame]; global tokens attend to [themselves; every frame token of their video]. The same
     frozen q/k/v/out projections and MLP serve both, then `x + MLP(ln_2(x)) + scale * adapter(x)`.
     `frame_valid` [B, T, S] (bool, optional) removes padded tokens (padded frames, empty inserted-prompt
-    slots) from every key set.
+    slots) from every key set. Only the first `queries` tokens of every frame (all by default) are computed past
+    their keys and values: returns the global tokens [B, G, D] and those frame tokens [B, T, queries, D] (the video
+    tower puts the tokens whose outputs no later layer reads, the local prompts that the next layer overwrites,
+    last).
     """
     batch, frames, seq, dim = frame_tokens.shape
     num_global = global_tokens.shape[1]
     attn = layer.self_attn
     heads = attn.num_heads
+    queries = seq if queries is None else queries
 
     hg, hf = layer.layer_norm1(global_tokens), layer.layer_norm1(frame_tokens)
     qg, kg, vg = (_split_heads(p(hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,H,G,hd]
-    qf, kf, vf = (_split_heads(p(hf), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    kf, vf = (_split_heads(p(hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    qf = _split_heads(attn.q_proj(hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
 
     def frame_keys(g, f):  # [B,T,H,G+S,hd]
         return torch.cat([g.unsqueeze(1).expand(-1, frames, -1, -1, -1), f], dim=3)
@@ -308,11 +313,11 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
 
     out_g = F.scaled_dot_product_attention(qg, video_keys(kg, kf), video_keys(vg, vf), attn_mask=video_mask_)
 
-    x = torch.cat([global_tokens, frame_tokens.flatten(1, 2)], dim=1)
-    attn_out = torch.cat([_merge_heads(out_g), _merge_heads(out_f).flatten(1, 2)], dim=1)
-    x = x + attn.out_proj(attn_out)
-    x = x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
-    return x[:, :num_global], x[:, num_global:].view(batch, frames, seq, dim)
+    def residual(x, attended):
+        x = x + attn.out_proj(_merge_heads(attended))
+        return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
+
+    return residual(global_tokens, out_g), residual(frame_tokens[:, :, :queries], out_f)
 
 
 def causal_text_block(layer, adapter, adapter_scale, hidden_states):
@@ -943,18 +948,23 @@ class STOPModel(STOPPreTrainedModel):
             if temporal.local_offset is not None:
                 local = local + temporal.local_offset.to(tokens.dtype)
 
-        num_local = self.config.num_local_prompts
         global_tokens = self.global_prompts.to(tokens.dtype).expand(b, -1, -1)
-        frame_tokens = torch.cat([tokens[:, :, :1], local[0], tokens[:, :, 1:]], dim=2)
-        frame_valid = None
+        # a frame's tokens: [CLS, patches, inserted prompts, this layer's local prompts]; the first three carry on
+        carried, carried_valid = tokens, None
+        valid = video_mask.bool().unsqueeze(-1)
         if self.mask_padded_frames:
-            frame_valid = video_mask.bool().unsqueeze(-1).expand(-1, -1, frame_tokens.shape[2])
+            carried_valid = valid.expand(-1, -1, tokens.shape[2])
         if temporal.inserted is not None:  # prompt tokens inserted after each frame, carried through all layers
-            frame_tokens = torch.cat([frame_tokens, temporal.inserted.to(tokens.dtype)], dim=2)
-            frame_valid = torch.cat([frame_valid, temporal.inserted_mask], dim=2)
+            carried = torch.cat([carried, temporal.inserted.to(tokens.dtype)], dim=2)
+            carried_valid = torch.cat([carried_valid, temporal.inserted_mask], dim=2)
+        last = len(vision.encoder.layers) - 1
         for i, layer in enumerate(vision.encoder.layers):
-            if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
-                frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
+            # deep prompts: every layer reads its own local prompts, and no later layer reads their outputs (nor,
+            # after the last layer, the patches' and inserted prompts')
+            frame_tokens = torch.cat([carried, local[i]], dim=2)
+            frame_valid = None
+            if carried_valid is not None:
+                frame_valid = torch.cat([carried_valid, valid.expand(-1, -1, local.shape[-2])], dim=2)
             block = (
                 layer,
                 self.vision_adapters[i],
@@ -962,16 +972,17 @@ class STOPModel(STOPPreTrainedModel):
                 global_tokens,
                 frame_tokens,
                 frame_valid,
+                1 if i == last else carried.shape[2],
             )
             if self.gradient_checkpointing and self.training:  # non-reentrant: else a frozen block passes no grad
-                global_tokens, frame_tokens = checkpoint(global_local_block, *block, use_reentrant=False)
+                global_tokens, carried = checkpoint(global_local_block, *block, use_reentrant=False)
             else:
-                global_tokens, frame_tokens = global_local_block(*block)
+                global_tokens, carried = global_local_block(*block)
         features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
             frames = head_frames
             if frames is None:
-                frames = self.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+                frames = self.clip.visual_projection(vision.post_layernorm(carried[:, :, 0]))
             features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
         return STOPVideoEncoding(
             video_features=features,

@@ -289,34 +289,40 @@ class STOPPaperFrameTemporalPrompter(nn.Module):
 def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame_tokens, frame_valid, layout):
     """One frozen CLIP vision layer with global-local attention, for the paper layout.
 
-    frame_tokens [B, T, S, D], S = 1 + P local + N patches + K inserted slots; frame_valid [B, T, S] bool. Frame t's
-    tokens attend to [the video's global tokens; frame t's tokens; with `layout.neighbours`, the K tokens inserted
-    after frame t - 1], so the tokens inserted between two frames are seen by both. Global tokens attend to
-    everything valid. With `layout.cls_attention`, also returns the CLS-to-patch attention of each frame (mean over
-    heads, renormalised over the patches) [B, T, N], the next prompt layer's A_t, at no extra projection cost.
+    frame_tokens [B, T, S, D] in the order [CLS, N patches, K inserted slots, P local prompts]; frame_valid
+    [B, T, S] bool. Frame t's tokens attend to [the video's global tokens; frame t's tokens; with
+    `layout.neighbours`, the K tokens inserted after frame t - 1], so the tokens inserted between two frames are seen
+    by both. Global tokens attend to everything valid.
+
+    Only the first `layout.queries` tokens of each frame are computed past the keys and values (queries, attention
+    output, MLP): the later ones are overwritten before the next layer reads them (every layer's local prompts, the
+    slots of the next prompt layer, the patches after the last layer), so the frozen block spends its cost on the
+    tokens that carry on. Returns the global tokens [B, G, D], the first `layout.queries` tokens of every frame
+    [B, T, queries, D] and, with `layout.cls_attention`, each frame's CLS-to-patch attention (mean over heads,
+    renormalised over the patches) [B, T, N], the next prompt layer's A_t, at no extra projection cost.
     """
-    batch, frames, seq, dim = frame_tokens.shape
-    num_global = global_tokens.shape[1]
+    frames, num_global = frame_tokens.shape[1], global_tokens.shape[1]
     attn = layer.self_attn
-    heads = attn.num_heads
-    slots = layout.slots
+    heads, slots, queries = attn.num_heads, layout.slots, layout.queries
 
     hg, hf = layer.layer_norm1(global_tokens), layer.layer_norm1(frame_tokens)
     qg, kg, vg = (_split_heads(p(hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,H,G,hd]
-    qf, kf, vf = (_split_heads(p(hf), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    kf, vf = (_split_heads(p(hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    qf = _split_heads(attn.q_proj(hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
 
-    always = frame_valid.new_ones(batch, frames, num_global)
+    always = frame_valid.new_ones(frame_valid.shape[0], frames, num_global)
     key_parts_k = [kg.unsqueeze(1).expand(-1, frames, -1, -1, -1), kf]
     key_parts_v = [vg.unsqueeze(1).expand(-1, frames, -1, -1, -1), vf]
     mask_parts = [always, frame_valid]
     if layout.neighbours and slots:
+        inserted = slice(layout.slot_start, layout.slot_start + slots)
 
         def previous(x):  # the inserted slots of frame t - 1, for frame t (frame 0 has none)
-            return F.pad(x[:, :-1, ..., -slots:, :], (0, 0, 0, 0, 0, 0, 1, 0))
+            return F.pad(x[:, :-1, ..., inserted, :], (0, 0, 0, 0, 0, 0, 1, 0))
 
         key_parts_k.append(previous(kf))
         key_parts_v.append(previous(vf))
-        mask_parts.append(F.pad(frame_valid[:, :-1, -slots:], (0, 0, 1, 0)))
+        mask_parts.append(F.pad(frame_valid[:, :-1, inserted], (0, 0, 1, 0)))
     frame_mask = torch.cat(mask_parts, dim=2)[:, :, None, None]
     out_f = _attention(qf, torch.cat(key_parts_k, 3), torch.cat(key_parts_v, 3), attn_mask=frame_mask)
 
@@ -329,23 +335,25 @@ def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame
 
     cls_attention = None
     if layout.cls_attention:
-        patches = slice(layout.patch_start, layout.patch_start + layout.num_patches)
+        patches = slice(1, 1 + layout.num_patches)
         scores = qf[..., :1, :] @ kf[..., patches, :].transpose(-1, -2) * attn.scale  # [B, T, H, 1, N]
         cls_attention = scores.float().softmax(-1).mean(2)[:, :, 0].to(frame_tokens.dtype)
 
-    x = torch.cat([global_tokens, frame_tokens.flatten(1, 2)], dim=1)
-    attn_out = torch.cat([_merge_heads(out_g), _merge_heads(out_f).flatten(1, 2)], dim=1)
-    x = x + attn.out_proj(attn_out)
-    x = x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
-    return x[:, :num_global], x[:, num_global:].view(batch, frames, seq, dim), cls_attention
+    def residual(x, attended):
+        x = x + attn.out_proj(_merge_heads(attended))
+        return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
+
+    return residual(global_tokens, out_g), residual(frame_tokens[:, :, :queries], out_f), cls_attention
 
 
 class _Layout:
-    """Where things sit in a frame's token sequence, and what the block must return."""
+    """Where things sit in a frame's token sequence [CLS, patches, slots, local prompts], how many of its leading
+    tokens the block must compute (`queries`, all of them by default), and what else it must return."""
 
-    def __init__(self, num_local, num_patches, slots, neighbours, cls_attention=False):
-        self.patch_start, self.num_patches, self.slots = 1 + num_local, num_patches, slots
+    def __init__(self, num_patches, slots, neighbours, cls_attention=False, queries=None, num_local=0):
+        self.num_patches, self.slots, self.slot_start = num_patches, slots, 1 + num_patches
         self.neighbours, self.cls_attention = neighbours, cls_attention
+        self.queries = 1 + num_patches + slots + num_local if queries is None else queries
 
 
 # ------------------------------------------------------------------------------------------------ the video tower
@@ -415,39 +423,44 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
     if model.frame_positions is not None:  # `frame_position_embeddings`: absolute frame positions
         local = local + model.frame_positions.weight[:t, None].to(tokens.dtype)
 
-    frame_tokens = torch.cat([tokens[:, :, :1], local[0], tokens[:, :, 1:], tokens.new_zeros(b, t, slots, width)], 2)
-    seq = frame_tokens.shape[2]
-    is_slot = torch.arange(seq, device=tokens.device) >= seq - slots
-    frame_valid = video_mask.bool().unsqueeze(-1) & ~is_slot  # [B, T, S]: inserted slots start empty
+    # a frame's tokens: [CLS, patches, inserted slots, local prompts]; the slots start empty
+    cls_token, layer_patches = tokens[:, :, :1], tokens[:, :, 1:]
+    slot_tokens = tokens.new_zeros(b, t, slots, width)
+    valid = video_mask.bool().unsqueeze(-1)
+    slot_valid = valid.new_zeros(b, t, slots)
     global_tokens = model.global_prompts.to(tokens.dtype).expand(b, -1, -1)
-    patches = slice(1 + num_local, 1 + num_local + num_patches)
 
     cls_attention = None
     if 0 in layers:
         with torch.no_grad():
             cls_attention = first_layer_cls_attention(vision.encoder.layers[0], tokens)
     regions, counts, variations = [], [], []
+    last = len(vision.encoder.layers) - 1
     for i, layer in enumerate(vision.encoder.layers):
-        if i > 0:  # deep prompts: overwrite every frame's local prompts with layer i's
-            frame_tokens = torch.cat([frame_tokens[:, :, :1], local[i], frame_tokens[:, :, 1 + num_local :]], dim=2)
         if i in layers:
             j = layers.index(i)
-            layer_patches, region = frame_tokens[:, :, patches], None
+            region = None
             if spatial is not None:
                 layer_patches, region = spatial(
                     j, layer_patches, cls_attention, video_mask, regions[0] if regions else None
                 )
                 regions.append(region)
-            rest = frame_tokens[:, :, patches.stop :]
             if slots:  # this layer's inserted tokens replace the previous prompt layer's in the slots
                 prompts, count, variation = temporal(j, layer_patches, region, cls_attention, video_mask)
-                rest = F.pad(prompts.to(tokens.dtype), (0, 0, 0, 0, 0, 1))  # frame T - 1 has no gap after it
+                slot_tokens = F.pad(prompts.to(tokens.dtype), (0, 0, 0, 0, 0, 1))  # frame T - 1 has no gap after it
                 slot_valid = F.pad(torch.arange(slots, device=tokens.device) < count.unsqueeze(-1), (0, 0, 0, 1))
-                frame_valid = torch.cat([frame_valid[:, :, :-slots], slot_valid], dim=2)
                 counts.append(count)
                 variations.append(variation)
-            frame_tokens = torch.cat([frame_tokens[:, :, : patches.start], layer_patches, rest], dim=2)
-        layout = _Layout(num_local, num_patches, slots, config.paper_neighbour_attention, cls_attention=i + 1 in layers)
+        # deep prompts: every layer reads its own local prompts
+        frame_tokens = torch.cat([cls_token, layer_patches, slot_tokens, local[i]], dim=2)
+        frame_valid = torch.cat(
+            [valid.expand(-1, -1, 1 + num_patches), slot_valid, valid.expand(-1, -1, num_local)], dim=2
+        )
+        # the tokens whose outputs a later layer reads: CLS, the patches but after the last layer, and the slots
+        # where the next layer does not insert new ones
+        carry_slots = slots and i < last and i + 1 not in layers
+        queries = 1 if i == last else 1 + num_patches + (slots if carry_slots else 0)
+        layout = _Layout(num_patches, slots, config.paper_neighbour_attention, i + 1 in layers, queries)
         block = (
             layer,
             model.vision_adapters[i],
@@ -458,11 +471,12 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
             layout,
         )
         if model.gradient_checkpointing and model.training:  # non-reentrant: else a frozen block passes no grad
-            global_tokens, frame_tokens, cls_attention = checkpoint(
-                paper_global_local_block, *block, use_reentrant=False
-            )
+            global_tokens, frame_out, cls_attention = checkpoint(paper_global_local_block, *block, use_reentrant=False)
         else:
-            global_tokens, frame_tokens, cls_attention = paper_global_local_block(*block)
+            global_tokens, frame_out, cls_attention = paper_global_local_block(*block)
+        cls_token, layer_patches = frame_out[:, :, :1], frame_out[:, :, 1 : 1 + num_patches]
+        if carry_slots:
+            slot_tokens = frame_out[:, :, 1 + num_patches :]
 
     features = model.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
     if model.temporal_head is not None:
@@ -470,7 +484,7 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
             with torch.no_grad():
                 frames = model.get_frame_features(pixel_values)
         else:
-            frames = model.clip.visual_projection(vision.post_layernorm(frame_tokens[:, :, 0]))
+            frames = model.clip.visual_projection(vision.post_layernorm(cls_token[:, :, 0]))
         features = features + model.temporal_gate * model.temporal_head(frames, video_mask)
     out = dict(video_features=features)
     if regions:
