@@ -295,6 +295,24 @@ def test_tokens_inserted_after_a_frame_are_seen_by_both_neighbouring_frames_only
     torch.testing.assert_close(first, before[:, :, :17], rtol=0, atol=1e-5)
 
 
+def test_the_official_block_computes_only_the_leading_tokens_asked_for_and_they_match_the_full_block():
+    from modeling_stop.modeling_stop import global_local_block
+
+    model = tiny_stop(variant="official")
+    layer, adapter = model.clip.vision_model.encoder.layers[0], model.vision_adapters[0]
+    g = torch.Generator().manual_seed(0)
+    frames, global_tokens = torch.randn(2, 3, 21, 64, generator=g), torch.randn(2, 4, 64, generator=g)
+    valid = torch.ones(2, 3, 21, dtype=torch.bool)
+    valid[1, 2] = False  # a padded frame
+    for mask in (None, valid):
+        with torch.no_grad():
+            full_g, full = global_local_block(layer, adapter, 0.1, global_tokens, frames, mask)
+            part_g, part = global_local_block(layer, adapter, 0.1, global_tokens, frames, mask, queries=17)
+        assert full.shape == (2, 3, 21, 64) and part.shape == (2, 3, 17, 64)
+        torch.testing.assert_close(part, full[:, :, :17], rtol=0, atol=1e-5)
+        torch.testing.assert_close(part_g, full_g, rtol=0, atol=1e-5)  # global tokens still see every frame token
+
+
 def test_a_model_built_for_8_frames_runs_on_4_and_16_with_interpolated_frame_identity():
     model = tiny_stop(variant="paper", num_frames=8)
     table = model.frame_identity.position_embeddings.detach()
