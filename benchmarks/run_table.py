@@ -34,6 +34,8 @@ ROWS = {
     "dgl": (["variant=official", *NO_STOP, NO_HEAD], "DGL prompts only (generator, global/local prompts, adapters)"),
     "stop-official": (["variant=official", NO_HEAD], "STOP, authors' released formulation"),
     "stop-paper": (["variant=paper", NO_HEAD], "STOP, the paper's formulation"),
+    # the paper variant's DGL prompts alone, no head: STOP's prompts against none where no head carries the feature
+    "stop-paper-dgl": (["variant=paper", *NO_STOP, NO_HEAD], "paper variant, DGL prompts only, no head"),
     "stop-paper-spatial": (
         ["variant=paper", "use_temporal_prompt=False", NO_HEAD],
         "STOP paper, spatial prompting only",
@@ -223,12 +225,12 @@ def paired_differences(reports: dict[str, list[dict]], reference: str = REFERENC
     return out
 
 
-def paired_markdown(paired: dict) -> list[str]:
+def paired_markdown(paired: dict, reference: str = REFERENCE) -> list[str]:
     if not paired:
         return []
     lines = [
         "",
-        f"Paired differences against `{REFERENCE}` (same seeds, same test videos; mean ± spread over seeds):",
+        f"Paired differences against `{reference}` (same seeds, same test videos; mean ± spread over seeds):",
         "",
         "| row | seeds | " + " | ".join(label for _, label in PAIRED) + " |",
         "|" + "---|" * (len(PAIRED) + 2),
@@ -255,6 +257,7 @@ def markdown(
     paired: dict | None = None,
     row_seeds: dict[str, list[int]] | None = None,
     summed_wall: bool = False,
+    reference: str = REFERENCE,
 ) -> str:
     """The table; `row_seeds` (row -> the seeds it ran, when rows differ) adds a seeds column, and a row shows its
     spread only when it ran more than one seed."""
@@ -286,7 +289,7 @@ def markdown(
             lines.append(
                 f"| {name} | " + " | ".join(f"{stats[k][0]:.2f}" if k in stats else "-" for k in per_kind) + " |"
             )
-    lines += paired_markdown(paired or {})
+    lines += paired_markdown(paired or {}, reference)
     lines += [
         "",
         f"Seeds: {seeds}. Recalls in percent, ranks 1-based, test split. Produced by `{command}` "
@@ -319,6 +322,12 @@ def main(argv=None):
         help="train and evaluate nothing: write the table of the (row, seed) runs already finished in --output_dir "
         "(a table resumed over several sittings); rows with no finished seed are left out",
     )
+    parser.add_argument(
+        "--reference",
+        default=REFERENCE,
+        choices=list(ROWS),
+        help="the row the paired differences are taken against (default: the default recipe)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -336,12 +345,14 @@ def main(argv=None):
         reports = {name: [run_row(name, seed, args) for seed in args.seeds] for name in args.rows}
     table = {name: summarise(r) for name, r in reports.items()}
     command = "python -m benchmarks.run_table " + " ".join(argv if argv is not None else sys.argv[1:])
-    paired = paired_differences(reports)
+    paired = paired_differences(reports, args.reference)
     row_seeds = {name: [r["seed"] for r in runs] for name, runs in reports.items()}
     wall = time.perf_counter() - start
     if args.finished_only:  # the runs' own wall time, summed over the rows and seeds of the table
         wall = sum(r.get("row_wall_time_s") or 0.0 for runs in reports.values() for r in runs)
-    text = markdown(table, args.seeds, command, wall, paired, row_seeds, summed_wall=args.finished_only)
+    text = markdown(
+        table, args.seeds, command, wall, paired, row_seeds, summed_wall=args.finished_only, reference=args.reference
+    )
     out = Path(args.output_dir)
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(

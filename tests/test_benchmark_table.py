@@ -53,6 +53,10 @@ def test_paired_differences_use_only_the_seeds_both_rows_ran():
     assert abs(paired["clip-meanP"]["pair_accuracy"][0] - (-0.35)) < 1e-12
     assert "| clip-meanP | 2 | -31.0 ± 1.0 |" in "\n".join(paired_markdown(paired))
     assert paired_differences({"clip-meanP": reports["clip-meanP"]}) == {}
+    # against another reference row: the signs flip and the reference row is left out
+    against_meanp = paired_differences(reports, "clip-meanP")
+    assert set(against_meanp) == {"default"} and against_meanp["default"]["t2v_R@1"] == (31.0, 1.0, 2)
+    assert "against `clip-meanP`" in "\n".join(paired_markdown(against_meanp, "clip-meanP"))
 
 
 def test_finished_only_writes_the_table_of_the_finished_runs_with_each_rows_own_seeds(tmp_path):
