@@ -49,6 +49,13 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: tor
     return out.view(*lead, *out.shape[-3:])
 
 
+def _frozen_residual(layer, adapter, adapter_scale, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of a frozen CLIP layer after its attention, on tokens x [..., D] and their attention output
+    [..., H, L, hd]: `x + out_proj(attention)`, then `+ MLP(ln_2(.)) + scale * adapter(.)`."""
+    x = x + layer.self_attn.out_proj(_merge_heads(attended))
+    return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
+
+
 def _to_volume(x: torch.Tensor, grid: int) -> torch.Tensor:
     """[B, T, N, C] -> [B, C, T, g, g] for 3D convolutions over (time, rows, columns)."""
     b, t, _, c = x.shape
@@ -339,11 +346,11 @@ def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame
         scores = qf[..., :1, :] @ kf[..., patches, :].transpose(-1, -2) * attn.scale  # [B, T, H, 1, N]
         cls_attention = scores.float().softmax(-1).mean(2)[:, :, 0].to(frame_tokens.dtype)
 
-    def residual(x, attended):
-        x = x + attn.out_proj(_merge_heads(attended))
-        return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
-
-    return residual(global_tokens, out_g), residual(frame_tokens[:, :, :queries], out_f), cls_attention
+    return (
+        _frozen_residual(layer, adapter, adapter_scale, global_tokens, out_g),
+        _frozen_residual(layer, adapter, adapter_scale, frame_tokens[:, :, :queries], out_f),
+        cls_attention,
+    )
 
 
 class _Layout:
@@ -427,7 +434,11 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
     cls_token, layer_patches = tokens[:, :, :1], tokens[:, :, 1:]
     slot_tokens = tokens.new_zeros(b, t, slots, width)
     valid = video_mask.bool().unsqueeze(-1)
-    slot_valid = valid.new_zeros(b, t, slots)
+
+    def frame_mask(slot_valid):  # [B, T, S]: the frame's valid tokens, with the slots filled so far
+        return torch.cat([valid.expand(-1, -1, 1 + num_patches), slot_valid, valid.expand(-1, -1, num_local)], dim=2)
+
+    frame_valid = frame_mask(valid.new_zeros(b, t, slots))  # the slots start empty
     global_tokens = model.global_prompts.to(tokens.dtype).expand(b, -1, -1)
 
     cls_attention = None
@@ -449,13 +460,11 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
                 prompts, count, variation = temporal(j, layer_patches, region, cls_attention, video_mask)
                 slot_tokens = F.pad(prompts.to(tokens.dtype), (0, 0, 0, 0, 0, 1))  # frame T - 1 has no gap after it
                 slot_valid = F.pad(torch.arange(slots, device=tokens.device) < count.unsqueeze(-1), (0, 0, 0, 1))
+                frame_valid = frame_mask(slot_valid)
                 counts.append(count)
                 variations.append(variation)
         # deep prompts: every layer reads its own local prompts
         frame_tokens = torch.cat([cls_token, layer_patches, slot_tokens, local[i]], dim=2)
-        frame_valid = torch.cat(
-            [valid.expand(-1, -1, 1 + num_patches), slot_valid, valid.expand(-1, -1, num_local)], dim=2
-        )
         # the tokens whose outputs a later layer reads: CLS, the patches but after the last layer, and the slots
         # where the next layer does not insert new ones
         carry_slots = slots and i < last and i + 1 not in layers

@@ -36,7 +36,7 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     STOPPaperSpatialPrompting,
     STOPPaperTemporalPrompting,
     _attention,
-    _merge_heads,
+    _frozen_residual,
     _split_heads,
     encode_paper_video,
 )
@@ -313,11 +313,10 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
 
     out_g = F.scaled_dot_product_attention(qg, video_keys(kg, kf), video_keys(vg, vf), attn_mask=video_mask_)
 
-    def residual(x, attended):
-        x = x + attn.out_proj(_merge_heads(attended))
-        return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
-
-    return residual(global_tokens, out_g), residual(frame_tokens[:, :, :queries], out_f)
+    return (
+        _frozen_residual(layer, adapter, adapter_scale, global_tokens, out_g),
+        _frozen_residual(layer, adapter, adapter_scale, frame_tokens[:, :, :queries], out_f),
+    )
 
 
 def causal_text_block(layer, adapter, adapter_scale, hidden_states):
@@ -325,8 +324,8 @@ def causal_text_block(layer, adapter, adapter_scale, hidden_states):
     attn = layer.self_attn
     h = layer.layer_norm1(hidden_states)
     q, k, v = (_split_heads(p(h), attn.num_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-    x = hidden_states + attn.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
-    return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
+    attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return _frozen_residual(layer, adapter, adapter_scale, hidden_states, attended)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -958,13 +957,13 @@ class STOPModel(STOPPreTrainedModel):
             carried = torch.cat([carried, temporal.inserted.to(tokens.dtype)], dim=2)
             carried_valid = torch.cat([carried_valid, temporal.inserted_mask], dim=2)
         last = len(vision.encoder.layers) - 1
+        frame_valid = None
+        if carried_valid is not None:
+            frame_valid = torch.cat([carried_valid, valid.expand(-1, -1, local.shape[-2])], dim=2)
         for i, layer in enumerate(vision.encoder.layers):
             # deep prompts: every layer reads its own local prompts, and no later layer reads their outputs (nor,
             # after the last layer, the patches' and inserted prompts')
             frame_tokens = torch.cat([carried, local[i]], dim=2)
-            frame_valid = None
-            if carried_valid is not None:
-                frame_valid = torch.cat([carried_valid, valid.expand(-1, -1, local.shape[-2])], dim=2)
             block = (
                 layer,
                 self.vision_adapters[i],
