@@ -129,6 +129,18 @@ def result_path(output_dir, name: str, seed: int) -> Path:
     return Path(output_dir) / f"{name}-seed{seed}" / "test_eval.json"
 
 
+def shared_head_stage_args(name: str, seed: int, args) -> list[str]:
+    """`--shared_head_stage ROW`: every other row starts stage 2 from ROW's stage 1 of the same seed (rows without
+    a stage 1 ignore the flag)."""
+    shared = getattr(args, "shared_head_stage", None)
+    if not shared or name == shared:
+        return []
+    source = Path(args.output_dir) / f"{shared}-seed{seed}" / "model"
+    if not (source / "checkpoints" / "head_stage.safetensors").exists():
+        raise SystemExit(f"--shared_head_stage {shared}: {source} holds no stage 1 (run the row {shared} first)")
+    return ["--head_stage_from", str(source)]
+
+
 def run_row(name: str, seed: int, args) -> dict:
     overrides, _ = ROWS[name]
     result_file = result_path(args.output_dir, name, seed)
@@ -155,6 +167,7 @@ def run_row(name: str, seed: int, args) -> dict:
             str(args.num_frames),
             *args.train_args.split(),
             *ROW_TRAIN_ARGS.get(name, []),
+            *shared_head_stage_args(name, seed, args),
             "--stop_config_overrides",
             *overrides,
         ]
@@ -328,7 +341,16 @@ def main(argv=None):
         choices=list(ROWS),
         help="the row the paired differences are taken against (default: the default recipe)",
     )
+    parser.add_argument(
+        "--shared_head_stage",
+        default=None,
+        choices=list(ROWS),
+        help="train stage 1 only in this row and start every other row's stage 2 from it (same seed): the paired "
+        "differences then measure stage 2 alone",
+    )
     args = parser.parse_args(argv)
+    if args.shared_head_stage in args.rows:  # its runs first: the others load their stage 1
+        args.rows = [args.shared_head_stage] + [r for r in args.rows if r != args.shared_head_stage]
 
     start = time.perf_counter()
     if args.finished_only:

@@ -73,6 +73,9 @@ class STOPOutput(ModelOutput):
         frame_variation_per_layer (`torch.FloatTensor` of shape `(num_videos, prompt_layers, num_frames - 1)`,
             *optional*): paper variant, `paper_version=2`: each prompt layer's gap variation (`frame_variation` is
             their mean).
+        prompt_video_embeds (`torch.FloatTensor` of shape `(num_videos, projection_dim)`, *optional*): models with a
+            temporal head: the normalised video embedding of STOP's prompted backbone alone, before the gated head is
+            added (`video_embeds` is the sum of the two).
     """
 
     loss: torch.FloatTensor | None = None
@@ -87,13 +90,16 @@ class STOPOutput(ModelOutput):
     spatial_mask_per_layer: torch.BoolTensor | None = None
     inserted_tokens_per_layer: torch.LongTensor | None = None
     frame_variation_per_layer: torch.FloatTensor | None = None
+    prompt_video_embeds: torch.FloatTensor | None = None
 
 
 @dataclass
 class STOPVideoEncoding(ModelOutput):
-    """Unnormalised projected video features plus the diagnostics of the prompt modules."""
+    """Unnormalised projected video features plus the diagnostics of the prompt modules (`prompt_video_features`:
+    with a temporal head, the prompted backbone's own feature before the gated head is added)."""
 
     video_features: torch.FloatTensor | None = None
+    prompt_video_features: torch.FloatTensor | None = None
     spatial_mask: torch.BoolTensor | None = None
     frame_weights: torch.FloatTensor | None = None
     frame_variation: torch.FloatTensor | None = None
@@ -977,7 +983,7 @@ class STOPModel(STOPPreTrainedModel):
                 global_tokens, carried = checkpoint(global_local_block, *block, use_reentrant=False)
             else:
                 global_tokens, carried = global_local_block(*block)
-        features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
+        features = prompt_features = self.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
         if self.temporal_head is not None:
             frames = head_frames
             if frames is None:
@@ -985,6 +991,7 @@ class STOPModel(STOPPreTrainedModel):
             features = features + self.temporal_gate * self.temporal_head(frames, video_mask)
         return STOPVideoEncoding(
             video_features=features,
+            prompt_video_features=prompt_features if self.temporal_head is not None else None,
             spatial_mask=spatial_mask,
             frame_weights=temporal.frame_weights,
             frame_variation=temporal.frame_variation,
@@ -1073,6 +1080,9 @@ class STOPModel(STOPPreTrainedModel):
             spatial_mask_per_layer=encoding.spatial_mask_per_layer,
             inserted_tokens_per_layer=encoding.inserted_tokens_per_layer,
             frame_variation_per_layer=encoding.frame_variation_per_layer,
+            prompt_video_embeds=(
+                None if encoding.prompt_video_features is None else F.normalize(encoding.prompt_video_features, dim=-1)
+            ),
         )
 
 

@@ -487,7 +487,7 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
         if carry_slots:
             slot_tokens = frame_out[:, :, 1 + num_patches :]
 
-    features = model.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
+    features = prompt_features = model.clip.visual_projection(vision.post_layernorm(global_tokens[:, 0]))
     if model.temporal_head is not None:
         if model.config.temporal_head_input == "frozen":  # the frozen CLIP's frame features, as the head was trained
             with torch.no_grad():
@@ -496,6 +496,8 @@ def encode_paper_video(model, pixel_values: torch.Tensor, video_mask: torch.Tens
             frames = model.clip.visual_projection(vision.post_layernorm(cls_token[:, :, 0]))
         features = features + model.temporal_gate * model.temporal_head(frames, video_mask)
     out = dict(video_features=features)
+    if model.temporal_head is not None:
+        out["prompt_video_features"] = prompt_features
     if regions:
         grid = config.grid_size
         out["spatial_mask_per_layer"] = torch.stack(regions, 1).view(b, len(regions), t, grid, grid)

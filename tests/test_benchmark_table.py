@@ -97,3 +97,21 @@ def test_twin_cosine_pairs_the_clips_that_share_a_pair_id():
     # rows 0/2 are orthogonal (cos 0), rows 1/3 point the same way (cos 1), row 4 has no twin
     assert twin_cosine(embeds, [0, 1, 2, 3, 4], split) == {"twin_cosine": 0.5}
     assert twin_cosine(embeds, [0, 1, 2, 3, 4], datasets.Dataset.from_dict({"x": [0] * 5})) == {}
+
+
+def test_shared_head_stage_points_every_other_row_at_the_shared_rows_stage_one(tmp_path):
+    import argparse
+
+    import pytest
+
+    from benchmarks.run_table import shared_head_stage_args
+
+    args = argparse.Namespace(output_dir=str(tmp_path), shared_head_stage="default")
+    assert shared_head_stage_args("default", 1, args) == []
+    with pytest.raises(SystemExit, match="run the row default first"):
+        shared_head_stage_args("default-dgl-only", 1, args)
+    stage_one = tmp_path / "default-seed1" / "model" / "checkpoints"
+    stage_one.mkdir(parents=True)
+    (stage_one / "head_stage.safetensors").write_bytes(b"")
+    assert shared_head_stage_args("default-dgl-only", 1, args) == ["--head_stage_from", str(stage_one.parent)]
+    assert shared_head_stage_args("default-dgl-only", 1, argparse.Namespace(output_dir=str(tmp_path))) == []

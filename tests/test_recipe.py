@@ -26,6 +26,7 @@ def _args(**kwargs):
         "head_stage_learning_rate",
         "head_stage_batch_size",
         "temporal_gate_ratio",
+        "prompt_feature_loss_weight",
         "num_warmup_steps",
         "head_stage_steps",
     ]
@@ -113,6 +114,55 @@ def test_head_on_frozen_features_gets_gradient_at_the_first_step_once_the_gate_i
     assert all(g is not None and torch.isfinite(g).all() for g in head_grads)
     assert sum(g.abs().sum() for g in head_grads) > 0
     assert model.global_prompts.grad is not None and model.global_prompts.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_prompt_video_embeds_are_the_prompted_backbone_without_the_head_and_get_their_own_loss(variant):
+    from training.train import retrieval_loss, training_loss
+
+    model = tiny_stop(
+        variant=variant, temporal_head="seqTransf", temporal_head_input="frozen", frame_weight_norm="video"
+    ).eval()
+    video = _video()
+    mask = torch.ones(2, 4, dtype=torch.long)
+    text = {"input_ids": torch.tensor([[1, 5, 9], [1, 6, 9]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    R.init_temporal_gate(model, {"pixel_values": video, "video_mask": mask}, ratio=2.0)
+    with torch.no_grad():
+        out = model(pixel_values=video, video_mask=mask, **text)
+        gate = model.temporal_gate.detach().clone()
+        model.temporal_gate.zero_()
+        own = model.get_video_features(video, mask)
+        model.temporal_gate.copy_(gate)
+    torch.testing.assert_close(out.prompt_video_embeds, F.normalize(own, dim=-1))
+    assert (out.prompt_video_embeds - out.video_embeds).abs().max() > 1e-3  # the head moved the sum
+    batch = {"pixel_values": video, "video_mask": mask, **text}
+    scale = model.clip.logit_scale
+    with torch.no_grad():
+        combined = retrieval_loss(out, scale, 1)
+        alone = retrieval_loss(out, scale, 1, video_embeds=out.prompt_video_embeds)
+        torch.testing.assert_close(training_loss(model, batch, None, scale, 1), combined)
+        torch.testing.assert_close(training_loss(model, batch, None, scale, 1, 0.5), combined + 0.5 * alone)
+    without_head = tiny_stop(variant=variant).eval()
+    assert without_head(pixel_values=video, video_mask=mask).prompt_video_embeds is None
+
+
+def test_a_saved_stage_one_loads_into_a_model_with_other_prompts_and_a_mismatch_is_refused(tmp_path):
+    source = tiny_stop(seed=1, variant="paper", temporal_head="seqTransf", temporal_head_input="frozen")
+    R.save_head_stage(source, tmp_path / R.HEAD_STAGE_FILE)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / R.HEAD_STAGE_FILE).rename(tmp_path / "checkpoints" / R.HEAD_STAGE_FILE)
+    target = tiny_stop(
+        seed=2, variant="paper", temporal_head="seqTransf", temporal_head_input="frozen", use_spatial_prompt=False
+    )
+    before = {n: p.clone() for n, p in target.named_parameters() if n.startswith("global_prompts")}
+    assert R.load_head_stage(target, tmp_path).endswith(R.HEAD_STAGE_FILE)  # the run's output folder
+    stage_one = R.head_stage_state(source)
+    assert stage_one and all(torch.equal(v, R.head_stage_state(target)[k]) for k, v in stage_one.items())
+    assert all(torch.equal(p, before[n]) for n, p in target.named_parameters() if n in before)  # the rest untouched
+    with pytest.raises(ValueError, match="does not fit this model"):
+        R.load_head_stage(tiny_stop(variant="paper", temporal_head="seqTransf", adapter_dim=3), tmp_path)
+    with pytest.raises(FileNotFoundError, match="stage 1 saves it"):
+        R.load_head_stage(target, tmp_path / "nowhere")
 
 
 def test_head_input_option_is_validated():

@@ -552,8 +552,19 @@ def test_checkpoints_rotate_changed_resume_arguments_are_refused_and_failed_vali
     ]
     result = run(train_args(backbone, data, out, *common))
 
-    # Two newest checkpoints kept (default --checkpoints_total_limit 2), the model folder `best` besides them.
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best", "step_3", "step_4"]
+    # Two newest checkpoints kept (default --checkpoints_total_limit 2), the model folder `best` and stage 1's
+    # parameters besides them.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "best",
+        "head_stage.safetensors",
+        "step_3",
+        "step_4",
+    ]
+    assert "head stage step" in result.stdout
+    # A second run from the same stage 1: loaded, not retrained.
+    reused = run(train_args(backbone, data, tmp_path / "reused", *common, "--head_stage_from", str(out)))
+    assert f"stage 1: loaded from {out / 'checkpoints' / 'head_stage.safetensors'}" in reused.stdout
+    assert "head stage step" not in reused.stdout
     # Failed validation videos: named on the console and in metrics.jsonl, each evaluation.
     assert "validation: 1 videos failed to decode and were left out" in result.stdout
     assert "broken.mp4" in result.stdout

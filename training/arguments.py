@@ -150,6 +150,12 @@ def parse_args(argv=None, description: str | None = None):
         help="steps of stage 1 for new STOP models with a temporal head on frozen features (default: "
         "the recipe's, scaled to the train split; 0 skips stage 1)",
     )
+    parser.add_argument(
+        "--head_stage_from",
+        default=None,
+        help="skip stage 1 and load its parameters (temporal head, prompt generator, text adapters) from a "
+        "previous run: its --output_dir, or the checkpoints/head_stage.safetensors that stage 1 saved there",
+    )
     parser.add_argument("--head_stage_learning_rate", type=float, default=None)
     parser.add_argument("--head_stage_batch_size", type=int, default=None)
     parser.add_argument(
@@ -166,6 +172,13 @@ def parse_args(argv=None, description: str | None = None):
         metavar="{true,false}",
         help="batches of nearest-neighbour pairs in frozen mean-pooled frame features, in both stages of the "
         "recipe (default: the recipe's, true)",
+    )
+    parser.add_argument(
+        "--prompt_feature_loss_weight",
+        type=float,
+        default=None,
+        help="stage 2: add this weight times the InfoNCE of STOP's own video feature (the prompted backbone "
+        "alone, without the temporal head) to the loss (default: the recipe's)",
     )
     parser.add_argument(
         "--temporal_gate_ratio",

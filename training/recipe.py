@@ -69,6 +69,9 @@ class Recipe:
     # stage 1's model little at the first step (at 2 it cost 0.04-0.09 of validation reversed-pair accuracy on the
     # two synthetic worlds), and Adam still moves the prompts at the full rate.
     temporal_gate_ratio: float = 8.0
+    # Stage 2, models with a temporal head: weight of a second InfoNCE on STOP's own video feature (the prompted
+    # backbone without the head), so that the prompts learn a feature of their own beside the head.
+    prompt_feature_loss_weight: float = 0.0
     # Batches of nearest-neighbour pairs in frozen mean-pooled frame features (a clip and its reversed twin have
     # the same ones), in both stages: `hard_negative_neighbours` candidates per video.
     hard_negative_batches: bool = True
@@ -117,6 +120,7 @@ def resolve_args(args, variant: str | None):
         "head_stage_learning_rate": recipe.head_stage_learning_rate,
         "head_stage_batch_size": recipe.head_stage_batch_size,
         "temporal_gate_ratio": recipe.temporal_gate_ratio,
+        "prompt_feature_loss_weight": recipe.prompt_feature_loss_weight,
         "hard_negative_batches": recipe.hard_negative_batches,
         "stage2_head_input": recipe.stage2_head_input,
     }
@@ -229,6 +233,54 @@ def head_stage_parameters(model, train_text: bool) -> list[nn.Parameter]:
     if train_text and model.prompt_generator is not None:
         params += list(model.prompt_generator.parameters()) + list(model.text_adapters.parameters())
     return [p for p in params if p.requires_grad]
+
+
+HEAD_STAGE_FILE = "head_stage.safetensors"
+
+
+def head_stage_state(model) -> dict[str, torch.Tensor]:
+    """The parameters stage 1 trains (temporal head, prompt generator, text adapters), by qualified name."""
+    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters() if _stage_one(name)}
+
+
+def _stage_one(name: str) -> bool:
+    return name.startswith(("temporal_head.", "prompt_generator.", "text_adapters."))
+
+
+def save_head_stage(model, path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(head_stage_state(model), str(path), metadata={"format": "pt"})
+
+
+def load_head_stage(model, path) -> str:
+    """Load a stage-1 result (`save_head_stage`) into `model`; `path` is the file or the output folder of the run
+    that saved it. Every stage-1 parameter of the model must be there with its shape. Returns the file read."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / HEAD_STAGE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--head_stage_from: no {HEAD_STAGE_FILE} at {path} (stage 1 saves it in <output_dir>/checkpoints/)"
+        )
+    saved = load_file(str(path))
+    own = head_stage_state(model)
+    missing = sorted(set(own) - set(saved))
+    mismatched = sorted(n for n in own if n in saved and saved[n].shape != own[n].shape)
+    if missing or mismatched:
+        raise ValueError(
+            f"--head_stage_from {path}: it does not fit this model (missing: {missing[:3]}, shape mismatch: "
+            f"{mismatched[:3]}); it must come from a run with the same head, prompt generator and text adapters"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in own:
+            params[name].copy_(saved[name].to(params[name].dtype))
+    return str(path)
 
 
 def _tokenize(processor, texts: list[str], device) -> dict:
@@ -549,6 +601,8 @@ __all__ = [
     "Recipe",
     "recipe_for",
     "resolve_args",
+    "save_head_stage",
+    "load_head_stage",
     "parameter_groups",
     "build_optimizer",
     "train_head_stage",

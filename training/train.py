@@ -222,7 +222,28 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
     ):
         return [], {}, {}
     records, caches = [], {}
-    summary = training_recipe.train_head_stage(
+    if args.head_stage_from:  # a previous run's stage 1, e.g. to compare stage 2 of two models from the same start
+        source = training_recipe.load_head_stage(model, args.head_stage_from)
+        accelerator.print(f"stage 1: loaded from {source}")
+        summary = {"head_stage_from": source}
+    else:
+        summary = train_stage_one(
+            args, recipe, model, processor, train_dataset, validation, accelerator, records, caches
+        )
+        if accelerator.is_main_process:
+            checkpoints = Path(args.output_dir) / "checkpoints"
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            training_recipe.save_head_stage(model, checkpoints / training_recipe.HEAD_STAGE_FILE)
+    first_batch = training_recipe.first_batch(
+        train_dataset, VideoTextCollator(processor), args.per_device_eval_batch_size, accelerator.device
+    )
+    summary["temporal_gate"] = training_recipe.init_temporal_gate(model, first_batch, args.temporal_gate_ratio)
+    accelerator.print(f"temporal gate set to {summary['temporal_gate']:.4g}")
+    return records, summary, caches
+
+
+def train_stage_one(args, recipe, model, processor, train_dataset, validation, accelerator, records, caches) -> dict:
+    return training_recipe.train_head_stage(
         model,
         processor,
         train_dataset,
@@ -241,12 +262,6 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
         ),
         caches=caches,
     )
-    first_batch = training_recipe.first_batch(
-        train_dataset, VideoTextCollator(processor), args.per_device_eval_batch_size, accelerator.device
-    )
-    summary["temporal_gate"] = training_recipe.init_temporal_gate(model, first_batch, args.temporal_gate_ratio)
-    accelerator.print(f"temporal gate set to {summary['temporal_gate']:.4g}")
-    return records, summary, caches
 
 
 def set_stage2_head_input(args, model, accelerator) -> dict:
@@ -325,16 +340,20 @@ def gather_with_grad(tensor: torch.Tensor, num_processes: int) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(gathered, sizes)])
 
 
-def retrieval_loss(outputs, logit_scale: torch.Tensor, num_processes: int) -> torch.Tensor:
-    """Symmetric InfoNCE over the global batch of (caption, video) pairs."""
+def retrieval_loss(outputs, logit_scale: torch.Tensor, num_processes: int, video_embeds=None) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch of (caption, video) pairs (`video_embeds`: instead of the outputs')."""
     text = gather_with_grad(outputs.text_embeds.float(), num_processes)
-    video = gather_with_grad(outputs.video_embeds.float(), num_processes)
+    video = outputs.video_embeds if video_embeds is None else video_embeds
+    video = gather_with_grad(video.float(), num_processes)
     return clip_loss(logit_scale.exp() * text @ video.t())
 
 
-def training_loss(model, batch: dict, class_inputs: dict | None, logit_scale, num_processes: int) -> torch.Tensor:
-    """Retrieval: `retrieval_loss` over the batch's captions. Classification (`class_inputs`: the tokenised class
-    texts): cross-entropy of the videos over the classes."""
+def training_loss(
+    model, batch: dict, class_inputs: dict | None, logit_scale, num_processes: int, prompt_feature_weight: float = 0.0
+) -> torch.Tensor:
+    """Retrieval: `retrieval_loss` over the batch's captions, plus `prompt_feature_weight` times the same loss on
+    STOP's own video feature (`prompt_video_embeds`, models with a temporal head). Classification (`class_inputs`:
+    the tokenised class texts): cross-entropy of the videos over the classes."""
     video = {
         "pixel_values": batch.get("pixel_values"),
         "frame_features": batch.get("frame_features"),
@@ -344,7 +363,11 @@ def training_loss(model, batch: dict, class_inputs: dict | None, logit_scale, nu
         outputs = model(**class_inputs, **video)
         return F.cross_entropy(outputs.logits_per_video.float(), batch["labels"])
     outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **video)
-    return retrieval_loss(outputs, logit_scale, num_processes)
+    loss = retrieval_loss(outputs, logit_scale, num_processes)
+    if prompt_feature_weight and outputs.prompt_video_embeds is not None:
+        own = retrieval_loss(outputs, logit_scale, num_processes, video_embeds=outputs.prompt_video_embeds)
+        loss = loss + prompt_feature_weight * own
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -519,7 +542,14 @@ def train_epoch(run: TrainingRun, state: TrainState, epoch: int, class_inputs, b
         with accelerator.accumulate(model):
             # All processes skip together when one has nothing to train on (every sample failed to decode).
             if min(sizes) > 0:
-                loss = training_loss(model, batch, class_inputs, logit_scale, accelerator.num_processes)
+                loss = training_loss(
+                    model,
+                    batch,
+                    class_inputs,
+                    logit_scale,
+                    accelerator.num_processes,
+                    args.prompt_feature_loss_weight,
+                )
                 accelerator.backward(loss)
                 losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
                 abort_on_non_finite_loss(accelerator, losses[-1], run.train_dataset, batch, state.completed_steps)
