@@ -19,10 +19,12 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_scheduler
 
@@ -248,18 +250,12 @@ def _stage_one(name: str) -> bool:
 
 
 def save_head_stage(model, path) -> None:
-    from safetensors.torch import save_file
-
     save_file(head_stage_state(model), str(path), metadata={"format": "pt"})
 
 
 def load_head_stage(model, path) -> str:
     """Load a stage-1 result (`save_head_stage`) into `model`; `path` is the file or the output folder of the run
     that saved it. Every stage-1 parameter of the model must be there with its shape. Returns the file read."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / HEAD_STAGE_FILE
@@ -601,6 +597,8 @@ __all__ = [
     "Recipe",
     "recipe_for",
     "resolve_args",
+    "HEAD_STAGE_FILE",
+    "head_stage_state",
     "save_head_stage",
     "load_head_stage",
     "parameter_groups",

@@ -220,6 +220,8 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
         or not training_recipe.wants_head_stage(model)
         or training_recipe.head_stage_steps(args, recipe, len(train_dataset)) <= 0
     ):
+        if args.head_stage_from:
+            accelerator.print(f"--head_stage_from {args.head_stage_from} ignored: this run has no stage 1")
         return [], {}, {}
     records, caches = [], {}
     if args.head_stage_from:  # a previous run's stage 1, e.g. to compare stage 2 of two models from the same start
