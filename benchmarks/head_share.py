@@ -12,13 +12,12 @@ mean norm ratio of the two parts); `--output_json` writes it.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.run_eval import write_report
 from modeling_stop import STOPModel, STOPProcessor
 from training.data import VideoTextCollator, VideoTextDataset, build_dataloader, load_video_text_dataset
 from training.evaluation import evaluate_retrieval
@@ -80,10 +79,7 @@ def main(argv=None) -> dict:
         videos = (indices, F.normalize(own + scale * head, dim=-1), [])
         results = evaluate_retrieval(model, processor, dataset, None, videos=videos)
         report["scales"][str(scale)] = {k: results.get(k) for k in KEYS}
-    print(json.dumps(report, indent=1))
-    if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(json.dumps(report, indent=1))
+    write_report(report, args.output_json)
     return report
 
 

@@ -169,11 +169,16 @@ def main(argv=None):
         "metrics": results,
     }
     if accelerator.is_main_process:
-        print(json.dumps(report, indent=1))
-        if args.output_json:
-            Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output_json).write_text(json.dumps(report, indent=1))
+        write_report(report, args.output_json)
     return report
+
+
+def write_report(report: dict, output_json: str | None) -> None:
+    """Print a JSON report, and write it to `output_json` when given."""
+    print(json.dumps(report, indent=1))
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.recipe import head_stage_file
+
 REPO = Path(__file__).resolve().parents[1]
 NO_STOP = ["use_spatial_prompt=False", "use_temporal_prompt=False"]
 NO_HEAD = "temporal_head=none"  # explicit: train.py's recipe adds the seqTransf head by default
@@ -136,7 +138,7 @@ def shared_head_stage_args(name: str, seed: int, args) -> list[str]:
     if not shared or name == shared:
         return []
     source = Path(args.output_dir) / f"{shared}-seed{seed}" / "model"
-    if not (source / "checkpoints" / "head_stage.safetensors").exists():
+    if not head_stage_file(source).exists():
         raise SystemExit(f"--shared_head_stage {shared}: {source} holds no stage 1 (run the row {shared} first)")
     return ["--head_stage_from", str(source)]
 

@@ -240,13 +240,15 @@ def head_stage_parameters(model, train_text: bool) -> list[nn.Parameter]:
 HEAD_STAGE_FILE = "head_stage.safetensors"
 
 
+def head_stage_file(output_dir) -> Path:
+    """Where stage 1 saves what it trained in a run's `--output_dir`."""
+    return Path(output_dir) / "checkpoints" / HEAD_STAGE_FILE
+
+
 def head_stage_state(model) -> dict[str, torch.Tensor]:
-    """The parameters stage 1 trains (temporal head, prompt generator, text adapters), by qualified name."""
-    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters() if _stage_one(name)}
-
-
-def _stage_one(name: str) -> bool:
-    return name.startswith(("temporal_head.", "prompt_generator.", "text_adapters."))
+    """The parameters stage 1 can train (`head_stage_parameters` with the text side), by qualified name."""
+    trainable = {id(p) for p in head_stage_parameters(model, train_text=True)}
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if id(p) in trainable}
 
 
 def save_head_stage(model, path) -> None:
@@ -258,7 +260,7 @@ def load_head_stage(model, path) -> str:
     that saved it. Every stage-1 parameter of the model must be there with its shape. Returns the file read."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / HEAD_STAGE_FILE
+        path = head_stage_file(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"--head_stage_from: no {HEAD_STAGE_FILE} at {path} (stage 1 saves it in <output_dir>/checkpoints/)"
@@ -598,6 +600,7 @@ __all__ = [
     "recipe_for",
     "resolve_args",
     "HEAD_STAGE_FILE",
+    "head_stage_file",
     "head_stage_state",
     "save_head_stage",
     "load_head_stage",

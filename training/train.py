@@ -229,41 +229,35 @@ def run_head_stage(args, recipe, model, processor, train_dataset, validation, ac
         accelerator.print(f"stage 1: loaded from {source}")
         summary = {"head_stage_from": source}
     else:
-        summary = train_stage_one(
-            args, recipe, model, processor, train_dataset, validation, accelerator, records, caches
+        summary = training_recipe.train_head_stage(
+            model,
+            processor,
+            train_dataset,
+            validation,
+            args,
+            recipe,
+            load_metric("video_text_retrieval"),
+            accelerator.device,
+            log=accelerator.print,
+            write_record=records.append,
+            cache_dir=args.feature_cache_dir,
+            num_workers=args.dataloader_num_workers,
+            disable_progress=not accelerator.is_local_main_process,
+            check_cache=functools.partial(
+                check_bad_videos_in_cache, max_fraction=args.max_bad_video_fraction, num_videos=len(train_dataset)
+            ),
+            caches=caches,
         )
         if accelerator.is_main_process:
-            checkpoints = Path(args.output_dir) / "checkpoints"
-            checkpoints.mkdir(parents=True, exist_ok=True)
-            training_recipe.save_head_stage(model, checkpoints / training_recipe.HEAD_STAGE_FILE)
+            path = training_recipe.head_stage_file(args.output_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            training_recipe.save_head_stage(model, path)
     first_batch = training_recipe.first_batch(
         train_dataset, VideoTextCollator(processor), args.per_device_eval_batch_size, accelerator.device
     )
     summary["temporal_gate"] = training_recipe.init_temporal_gate(model, first_batch, args.temporal_gate_ratio)
     accelerator.print(f"temporal gate set to {summary['temporal_gate']:.4g}")
     return records, summary, caches
-
-
-def train_stage_one(args, recipe, model, processor, train_dataset, validation, accelerator, records, caches) -> dict:
-    return training_recipe.train_head_stage(
-        model,
-        processor,
-        train_dataset,
-        validation,
-        args,
-        recipe,
-        load_metric("video_text_retrieval"),
-        accelerator.device,
-        log=accelerator.print,
-        write_record=records.append,
-        cache_dir=args.feature_cache_dir,
-        num_workers=args.dataloader_num_workers,
-        disable_progress=not accelerator.is_local_main_process,
-        check_cache=functools.partial(
-            check_bad_videos_in_cache, max_fraction=args.max_bad_video_fraction, num_videos=len(train_dataset)
-        ),
-        caches=caches,
-    )
 
 
 def set_stage2_head_input(args, model, accelerator) -> dict:
