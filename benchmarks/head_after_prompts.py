@@ -62,10 +62,12 @@ def parse_args(argv=None):
 
 
 class SplitFeatures:
-    """Dataset indices, STOP's own video features, the head's frame features and masks of one split."""
+    """Dataset indices, STOP's own video features, the head's frame features and masks of one split, and the videos
+    that failed to decode (left out, with their captions)."""
 
-    def __init__(self, dataset, indices, own, frames, video_mask):
+    def __init__(self, dataset, indices, own, frames, video_mask, failed):
         self.dataset, self.indices, self.own, self.frames, self.video_mask = dataset, indices, own, frames, video_mask
+        self.failed = failed
 
 
 @torch.no_grad()
@@ -76,9 +78,10 @@ def embed_split(model, processor, data, args) -> SplitFeatures:
     loader = build_dataloader(dataset, VideoTextCollator(processor), batch_size=args.per_device_eval_batch_size)
     seen = {}  # the head's input, as `encode_video` computes it (the prompted CLS tokens are not an output)
     hook = model.temporal_head.register_forward_hook(lambda module, inputs, output: seen.update(frames=inputs[0]))
-    indices, own, frames, masks = [], [], [], []
+    indices, own, frames, masks, failed = [], [], [], [], []
     try:
         for batch in loader:
+            failed += batch["failed"]
             if len(batch["indices"]) == 0:
                 continue
             encoding = model.encode_video(batch["pixel_values"], batch["video_mask"])
@@ -89,9 +92,9 @@ def embed_split(model, processor, data, args) -> SplitFeatures:
     finally:
         hook.remove()
     if not indices:
-        raise ValueError(f"{args.dataset_name}: no video of the split could be decoded")
+        raise ValueError(f"{args.dataset_name}: no video of the split could be decoded ({len(failed)} failed)")
     return SplitFeatures(
-        dataset, np.asarray(indices, dtype=np.int64), torch.cat(own), torch.cat(frames), torch.cat(masks)
+        dataset, np.asarray(indices, dtype=np.int64), torch.cat(own), torch.cat(frames), torch.cat(masks), failed
     )
 
 
@@ -105,11 +108,11 @@ def main(argv=None) -> dict:
             f"{args.model_name_or_path}: not a STOP model without a temporal head (temporal_head="
             f"{config.temporal_head!r}, use_dgl_prompts={config.use_dgl_prompts}); train one with the stop-paper row"
         )
+    if args.output_dir and args.form != "sum":
+        raise SystemExit("--output_dir saves the model as it embeds a video (own + gate * head): use --form sum")
     model = STOPModel.from_pretrained(
         args.model_name_or_path, temporal_head="seqTransf", temporal_head_input=args.head_input
     ).eval()
-    if args.output_dir and args.form != "sum":
-        raise SystemExit("--output_dir saves the model as it embeds a video (own + gate * head): use --form sum")
     processor = STOPProcessor.from_pretrained(args.model_name_or_path)
     data = load_video_text_dataset(
         args.dataset_name, video_column=args.video_column, caption_column=args.caption_column
@@ -189,6 +192,7 @@ def main(argv=None) -> dict:
         "args": {k: v for k, v in vars(args).items() if k not in ("output_json", "output_dir")},
         "validation": history,
         "test": {k: test.get(k) for k in KEYS},
+        "num_failed": {name: len(split.failed) for name, split in splits.items()},
         "temporal_gate": float(gate.detach()),
         "embed_time": round(embed_time, 2),
         "runtime": round(time.time() - start, 2),

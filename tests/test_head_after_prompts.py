@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -23,19 +24,24 @@ def world(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_saved_model_embeds_as_the_cached_training_path_scored_it(world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    broken = sorted((data / "test").glob("*.mp4"))[0]
+    broken.write_bytes(b"not a video")  # skipped and counted, in both paths
     out = tmp_path / "report.json"
-    args = ["--model_name_or_path", str(world / "stop"), "--dataset_name", str(world / "data")]
+    args = ["--model_name_or_path", str(world / "stop"), "--dataset_name", str(data)]
     report = head_after_prompts.main(
         args + ["--steps", "2", "--eval_every", "1", "--output_json", str(out), "--output_dir", str(tmp_path / "m")]
     )
     assert json.loads(out.read_text()) == report
     assert [r["step"] for r in report["validation"]] == [1, 2]
     assert all(math.isfinite(report["test"][k]) for k in head_after_prompts.KEYS)
+    assert report["num_failed"] == {"train": 0, "validation": 0, "test": 1}
     saved = STOPModel.from_pretrained(tmp_path / "m")
     assert saved.temporal_head is not None and saved.config.temporal_head_input == "frozen"
     assert not any(p.requires_grad for p in saved.clip.parameters())  # the backbone stays frozen after loading
     metrics = run_eval.main(
-        ["--model_name_or_path", str(tmp_path / "m"), "--dataset_name", str(world / "data"), "--split", "test"]
+        ["--model_name_or_path", str(tmp_path / "m"), "--dataset_name", str(data), "--split", "test"]
     )["metrics"]
     for key in ("t2v_R@1", "v2t_R@1", "pair_accuracy"):
         assert metrics[key] == pytest.approx(report["test"][key])
