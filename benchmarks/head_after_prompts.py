@@ -134,7 +134,8 @@ def main(argv=None) -> dict:
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=args.steps // 10, num_training_steps=args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     logit_scale = model.clip.logit_scale.exp().detach()
-    captions = [_caption_lists(train.dataset)[i] for i in train.indices]
+    all_captions = _caption_lists(train.dataset)
+    captions = [all_captions[i] for i in train.indices]  # by row of the cached features
     text_table = _text_table(model, processor, captions, model.device) if args.text == "fixed" else None
     neighbours = cache_neighbours(FrameFeatureCache(train.frames, train.video_mask, []), 8)
 
