@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
 
+from benchmarks.head_share import KEYS
 from benchmarks.run_eval import write_report
-from modeling_stop import STOPConfig, STOPModel, STOPProcessor
+from modeling_stop import STOPConfig, STOPModel, STOPProcessor, clip_loss
 from training.data import (
     VideoTextCollator,
     VideoTextDataset,
@@ -36,8 +37,6 @@ from training.data import (
 from training.evaluation import evaluate_retrieval
 from training.feature_cache import FrameFeatureCache
 from training.recipe import _caption_lists, _text_table, _tokenize, cache_neighbours, selection_score
-
-KEYS = ["t2v_R@1", "v2t_R@1", "pair_accuracy", "twin_cosine"]
 
 
 def parse_args(argv=None):
@@ -166,8 +165,7 @@ def main(argv=None) -> dict:
         else:
             text = text_table[1][[text_table[0][t] for t in texts]]
         logits = logit_scale * text @ video.t()
-        targets = torch.arange(len(rows), device=logits.device)
-        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        loss = clip_loss(logits)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: non-finite loss {loss.item()} (lower --learning_rate)")
         optimizer.zero_grad()

@@ -28,6 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_scheduler
 
+from modeling_stop import clip_loss
+
 from .data import (
     NeighbourPairSampler,
     VideoTextDataset,
@@ -468,8 +470,7 @@ def train_head_stage(
         else:
             text = text_table[1][[text_table[0][t] for t in texts]]
         logits = logit_scale * text.float() @ video.float().t()
-        targets = torch.arange(len(chosen), device=device)
-        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        loss = clip_loss(logits)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"head stage step {step}: non-finite loss {loss.item()} (lower "
