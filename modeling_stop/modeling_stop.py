@@ -30,7 +30,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
-from .prompting_official import fast_fft_length, plane_fft_same_conv3d
+from .prompting_official import fast_fft_length, plane_fft_same_conv3d, reused_buffers
 from .prompting_paper import (  # the attention head helpers are shared with the paper variant's blocks
     STOPFrameIdentity,
     STOPPaperSpatialPrompting,
@@ -474,8 +474,9 @@ class STOPOfficialSpatialPrompter(nn.Module):
         video = pixel_values.transpose(1, 2)  # [B, 3, T, H, W]
         if video.device.type != "cpu":
             video = video.contiguous(memory_format=torch.channels_last_3d)
-        prompt = self.dropout(self.conv(video)).transpose(1, 2)  # [B, T, C, H, W]
-        prompt = self.dropout(self.dropout(self.pixel_mlp(prompt)))  # [B, T, 3, H, W]
+        with reused_buffers():  # the stack's output (a view of the reused buffers) is consumed by pixel_mlp here
+            prompt = self.dropout(self.conv(video)).transpose(1, 2)  # [B, T, C, H, W]
+            prompt = self.dropout(self.dropout(self.pixel_mlp(prompt)))  # [B, T, 3, H, W]
         mask = self.region_mask(video)
         mask_px = grid_to_pixels(mask, self.patch, self.layout).unsqueeze(2).to(prompt.dtype)
         return pixel_values + self.scale * prompt + self.scale * prompt * mask_px, mask

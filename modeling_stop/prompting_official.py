@@ -12,7 +12,9 @@ This file only depends on torch: `modeling_stop.py` imports it relatively, so `s
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 from torch import nn
@@ -39,6 +41,28 @@ def shifted_dft_matrix(length: int, taps: int, rows: int, device, dtype=torch.co
     return torch.polar(torch.ones_like(angle), angle).to(device=device, dtype=dtype)
 
 
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def reused_buffers():
+    """Inside this context and outside autograd, `PlaneFFTConv3d` computes its large intermediates (and its output)
+    in flat buffers kept per thread between calls, instead of allocating ~100-200 MB afresh every call (on glibc
+    the allocator hands such blocks back to the system and page-faults them in again: ~10% of an official CPU
+    forward). A convolution's output is then a view of those buffers, valid until the next such convolution in
+    this thread: the caller must consume it first (`STOPOfficialSpatialPrompter.forward` does, before it returns).
+    """
+    previous = getattr(_THREAD, "workspace", None)
+    if previous is None:
+        _THREAD.workspace = getattr(_THREAD, "kept", None) or {}
+        _THREAD.kept = _THREAD.workspace
+    try:
+        yield
+    finally:
+        if previous is None:
+            _THREAD.workspace = None
+
+
 class PlaneFFTConv3d(nn.Conv3d):
     """A stride-1, "same"-padded Conv3d (odd kernel, zero padding) computed through 2-D real FFTs over its last two
     axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
@@ -47,6 +71,21 @@ class PlaneFFTConv3d(nn.Conv3d):
     The output is [B, C_out, T, H, W] stored as [T, B, C_out, H, W] (a permuted view): the next convolution of a
     stack reads its planes without a transpose. Outside autograd the kernel's spectrum is cached per weight
     version."""
+
+    def _buffer_fn(self):
+        workspace = getattr(_THREAD, "workspace", None)
+        if workspace is None or torch.is_grad_enabled():
+            return lambda name, shape, dtype: None
+
+        def buffer(name, shape, dtype):
+            numel = math.prod(shape)
+            flat = workspace.get((name, dtype))
+            if flat is None or flat.numel() < numel:
+                with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
+                    flat = workspace[(name, dtype)] = torch.empty(numel, dtype=dtype)
+            return flat[:numel].view(shape)
+
+        return buffer
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
         kernel = self.kernel_size
@@ -103,22 +142,33 @@ class PlaneFFTConv3d(nn.Conv3d):
         length_h, length_w = self._lengths(h, w)
         freqs = length_h * (length_w // 2 + 1)
         pad = kt // 2
-        planes = torch.fft.rfft2(x.permute(2, 0, 1, 3, 4), s=(length_h, length_w))  # [T, B, C_in, L_h, L_w']
+        buffer = self._buffer_fn()
+        planes = torch.fft.rfft2(  # [T, B, C_in, L_h, L_w']
+            x.permute(2, 0, 1, 3, 4),
+            s=(length_h, length_w),
+            out=buffer("planes", (t, b, c_in, length_h, length_w // 2 + 1), torch.complex64),
+        )
         # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
         # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
-        spectra = planes.new_empty(freqs, t + 2 * pad, b, c_in)
+        spectra = buffer("spectra", (freqs, t + 2 * pad, b, c_in), torch.complex64)
+        if spectra is None:
+            spectra = planes.new_empty(freqs, t + 2 * pad, b, c_in)
         spectra[:, :pad] = 0
         spectra[:, pad + t :] = 0
         spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
         spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
         kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
-        out = torch.bmm(spectra[:, : t * b], kernel[0])
+        out = torch.bmm(
+            spectra[:, : t * b], kernel[0], out=buffer("products", (freqs, t * b, 2 * c_out), torch.float32)
+        )
         for dt in range(1, kt):
             out.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
         out = torch.view_as_complex(out.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
         if self.bias is not None:  # a constant over the plane is its zero frequency times the plane size
             out[0, 0] += self.bias.to(out.dtype) * (length_h * length_w)
-        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1))[:h, :w]  # [H, W, T, B, C_out]
+        frames = buffer("frames", (t, b, c_out, length_h, length_w), torch.float32)
+        frames = None if frames is None else frames.permute(3, 4, 0, 1, 2)
+        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1), out=frames)[:h, :w]  # [H, W, T, B, C_out]
         return frames.permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
 
 
@@ -126,4 +176,4 @@ def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneF
     return PlaneFFTConv3d(in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
 
 
-__all__ = ["PlaneFFTConv3d", "fast_fft_length", "plane_fft_same_conv3d", "shifted_dft_matrix"]
+__all__ = ["PlaneFFTConv3d", "fast_fft_length", "plane_fft_same_conv3d", "reused_buffers", "shifted_dft_matrix"]

@@ -3,7 +3,7 @@
 import torch
 
 from modeling_stop.modeling_stop import FFTConv3d
-from modeling_stop.prompting_official import PlaneFFTConv3d, fast_fft_length
+from modeling_stop.prompting_official import PlaneFFTConv3d, fast_fft_length, reused_buffers
 
 
 def _pair(cls, c_in, c_out, kernel):
@@ -79,3 +79,37 @@ def test_cached_prompts_follow_parameter_updates_and_match_autograd_mode():
     assert not torch.allclose(changed, first) and not torch.allclose(changed_text, text)
     torch.testing.assert_close(changed, model.get_video_features(pixel_values=pixels), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(changed_text, model.get_text_features(input_ids=ids), rtol=1e-5, atol=1e-6)
+
+
+def test_reused_buffers_give_the_same_values_and_the_prompter_returns_no_view_of_them():
+    fast, direct = _pair(PlaneFFTConv3d, 3, 4, (3, 5, 7))
+    x, y = torch.randn(2, 3, 5, 13, 10), torch.randn(2, 3, 5, 13, 10)
+    with torch.no_grad():
+        expected = direct(x)
+        with reused_buffers():
+            first = fast(x)
+            torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+            fast(y)  # the next call in this thread writes its output over the previous one
+            torch.testing.assert_close(first, direct(y), atol=1e-5, rtol=1e-5)
+    with reused_buffers():  # with autograd: fresh tensors, gradients as without the context
+        x.requires_grad_(True)
+        out = fast(x)
+        fast(y)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+    from tests.tiny import tiny_stop
+
+    model = tiny_stop(variant="official").eval()
+    a, b = torch.randn(2, 1, model.config.num_frames, 3, 32, 32)
+    allocated = model.get_video_features(pixel_values=a).detach()  # with autograd: no reused buffers
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            feature_a = model.get_video_features(pixel_values=a)
+            prompted_a = model.spatial_prompter(a)[0]
+            kept = prompted_a.clone()
+            model.spatial_prompter(b)
+            torch.testing.assert_close(prompted_a, kept, rtol=0, atol=0)  # not overwritten by the next call
+            torch.testing.assert_close(model.get_video_features(pixel_values=a), feature_a, rtol=0, atol=0)
+        torch.testing.assert_close(feature_a, allocated, rtol=1e-5, atol=1e-6)
