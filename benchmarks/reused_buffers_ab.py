@@ -14,6 +14,7 @@ import contextlib
 import json
 import platform
 import resource
+import sys
 import time
 
 
@@ -58,7 +59,7 @@ def main(argv=None):
         return sorted(values)[len(values) // 2]
 
     result = {
-        "command": "python -m benchmarks.reused_buffers_ab " + " ".join(argv or []),
+        "command": " ".join(["python -m benchmarks.reused_buffers_ab", *(sys.argv[1:] if argv is None else argv)]),
         "cpu": platform.processor() or platform.machine(),
         "threads": args.threads,
         "seconds": times,
