@@ -288,9 +288,26 @@ def test_the_model_folders_gallery_is_what_its_command_writes(tmp_path):
     write_benchmark(tmp_path, num_train=0, num_validation=0, num_test=len(rows))
     committed = sorted(p.relative_to(MODEL_GALLERY) for p in MODEL_GALLERY.rglob("*") if p.is_file())
     assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    # Byte-identical on the CPU that wrote them. Elsewhere a background texture's `np.sign(np.sin(.))` can flip where
+    # the sine is ~1e-16 (numpy's AVX-512 and AVX2 sines differ in the last bit), and the encoder carries the flipped
+    # pixels on: such a clip must still decode to nearly the same frames, and most clips must match exactly.
+    differing = []
     for name in committed:
-        assert (MODEL_GALLERY / name).read_bytes() == (tmp_path / name).read_bytes(), name
+        if (MODEL_GALLERY / name).read_bytes() != (tmp_path / name).read_bytes():
+            assert name.suffix == ".mp4", name
+            ours, theirs = (_decoded_frames(folder / name).astype(np.int16) for folder in (MODEL_GALLERY, tmp_path))
+            assert ours.shape == theirs.shape, name
+            assert np.abs(ours - theirs).mean() < 0.5 and (ours != theirs).mean() < 0.1, name
+            differing.append(name)
+    assert len(differing) <= len(rows) // 4, differing
     assert sum((MODEL_GALLERY / name).stat().st_size for name in committed) < 300_000
+
+
+def _decoded_frames(path):
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 def test_the_label_template_is_the_models_own():
