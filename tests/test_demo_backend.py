@@ -288,9 +288,10 @@ def test_the_model_folders_gallery_is_what_its_command_writes(tmp_path):
     write_benchmark(tmp_path, num_train=0, num_validation=0, num_test=len(rows))
     committed = sorted(p.relative_to(MODEL_GALLERY) for p in MODEL_GALLERY.rglob("*") if p.is_file())
     assert committed == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    # Byte-identical on the CPU that wrote them. Elsewhere a background texture's `np.sign(np.sin(.))` can flip where
-    # the sine is ~1e-16 (numpy's AVX-512 and AVX2 sines differ in the last bit), and the encoder carries the flipped
-    # pixels on: such a clip must still decode to nearly the same frames, and most clips must match exactly.
+    # Byte-identical on the CPU that wrote them. On another CPU numpy's float rendering can differ in the last bit
+    # (other SIMD paths; on an AVX2-only CPU one of the 12 clips differs from frame 4 on, in 5% of its decoded
+    # pixels), and the encoder carries that on: such a clip must still decode to nearly the same frames, and most
+    # clips must match exactly.
     differing = []
     for name in committed:
         if (MODEL_GALLERY / name).read_bytes() != (tmp_path / name).read_bytes():
