@@ -52,15 +52,12 @@ def reused_buffers():
     forward). A convolution's output is then a view of those buffers, valid until the next such convolution in
     this thread: the caller must consume it first (`STOPOfficialSpatialPrompter.forward` does, before it returns).
     """
-    previous = getattr(_THREAD, "workspace", None)
-    if previous is None:
-        _THREAD.workspace = getattr(_THREAD, "kept", None) or {}
-        _THREAD.kept = _THREAD.workspace
+    previous = getattr(_THREAD, "active", False)
+    _THREAD.active = True
     try:
         yield
     finally:
-        if previous is None:
-            _THREAD.workspace = None
+        _THREAD.active = previous
 
 
 class PlaneFFTConv3d(nn.Conv3d):
@@ -73,9 +70,9 @@ class PlaneFFTConv3d(nn.Conv3d):
     version."""
 
     def _buffer_fn(self):
-        workspace = getattr(_THREAD, "workspace", None)
-        if workspace is None or torch.is_grad_enabled():
+        if not getattr(_THREAD, "active", False) or torch.is_grad_enabled():
             return lambda name, shape, dtype: None
+        workspace = _THREAD.__dict__.setdefault("buffers", {})  # kept for the thread's lifetime
 
         def buffer(name, shape, dtype):
             numel = math.prod(shape)
