@@ -43,6 +43,15 @@ def shifted_dft_matrix(length: int, taps: int, rows: int, device, dtype=torch.co
 
 _THREAD = threading.local()
 
+# In the reused buffers, the FFTs run one frame's planes per call and the per-frequency products one block of
+# frequencies at a time (all temporal taps while the block is in cache). On CPU a single call over the whole
+# [T * B * C, 240, 240] stack, or a tap's pass over all frequencies, is up to 2x slower once its operands outgrow the
+# cache (`benchmarks/results/blocked_fft_ab_cpu.json`); every plane and every frequency is computed exactly as in
+# the single call (the same values, bit for bit). With autograd the single calls remain (no `out=` there). A switch
+# for A/B measurements (`benchmarks/blocked_fft_ab.py`).
+_BLOCKED = True
+_FREQUENCY_BLOCK = 4096
+
 
 @contextlib.contextmanager
 def reused_buffers():
@@ -140,11 +149,13 @@ class PlaneFFTConv3d(nn.Conv3d):
         freqs = length_h * (length_w // 2 + 1)
         pad = kt // 2
         buffer = self._buffer_fn()
-        planes = torch.fft.rfft2(  # [T, B, C_in, L_h, L_w']
-            x.permute(2, 0, 1, 3, 4),
-            s=(length_h, length_w),
-            out=buffer("planes", (t, b, c_in, length_h, length_w // 2 + 1), torch.complex64),
-        )
+        frames_in = x.permute(2, 0, 1, 3, 4)  # [T, B, C_in, H, W]
+        planes = buffer("planes", (t, b, c_in, length_h, length_w // 2 + 1), torch.complex64)
+        if planes is None or not _BLOCKED:
+            planes = torch.fft.rfft2(frames_in, s=(length_h, length_w), out=planes)  # [T, B, C_in, L_h, L_w']
+        else:  # one frame's planes per call (see `_BLOCKED`)
+            for frame, spectrum in zip(frames_in.unbind(0), planes.unbind(0)):
+                torch.fft.rfft2(frame, s=(length_h, length_w), out=spectrum)
         # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
         # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
         spectra = buffer("spectra", (freqs, t + 2 * pad, b, c_in), torch.complex64)
@@ -155,18 +166,29 @@ class PlaneFFTConv3d(nn.Conv3d):
         spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
         spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
         kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
-        out = torch.bmm(
-            spectra[:, : t * b], kernel[0], out=buffer("products", (freqs, t * b, 2 * c_out), torch.float32)
-        )
-        for dt in range(1, kt):
-            out.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
-        out = torch.view_as_complex(out.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
+        products = buffer("products", (freqs, t * b, 2 * c_out), torch.float32)
+        if products is None or not _BLOCKED:
+            products = torch.bmm(spectra[:, : t * b], kernel[0], out=products)
+            for dt in range(1, kt):
+                products.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
+        else:  # all temporal taps of a block of frequencies while its products are in cache (see `_BLOCKED`)
+            for start in range(0, freqs, _FREQUENCY_BLOCK):
+                rows = slice(start, start + _FREQUENCY_BLOCK)
+                block, inputs = products[rows], spectra[rows]
+                torch.bmm(inputs[:, : t * b], kernel[0][rows], out=block)
+                for dt in range(1, kt):
+                    block.baddbmm_(inputs[:, dt * b : (dt + t) * b], kernel[dt][rows])
+        out = torch.view_as_complex(products.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
         if self.bias is not None:  # a constant over the plane is its zero frequency times the plane size
             out[0, 0] += self.bias.to(out.dtype) * (length_h * length_w)
         frames = buffer("frames", (t, b, c_out, length_h, length_w), torch.float32)
-        frames = None if frames is None else frames.permute(3, 4, 0, 1, 2)
-        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1), out=frames)[:h, :w]  # [H, W, T, B, C_out]
-        return frames.permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
+        frames = None if frames is None else frames.permute(3, 4, 0, 1, 2)  # [L_h, L_w, T, B, C_out]
+        if frames is None or not _BLOCKED:
+            frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1), out=frames)
+        else:  # one frame's planes per call (see `_BLOCKED`)
+            for i in range(t):
+                torch.fft.irfft2(out[:, :, i], s=(length_h, length_w), dim=(0, 1), out=frames[:, :, i])
+        return frames[:h, :w].permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
 
 
 def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneFFTConv3d:

@@ -113,3 +113,19 @@ def test_reused_buffers_give_the_same_values_and_the_prompter_returns_no_view_of
             torch.testing.assert_close(prompted_a, kept, rtol=0, atol=0)  # not overwritten by the next call
             torch.testing.assert_close(model.get_video_features(pixel_values=a), feature_a, rtol=0, atol=0)
         torch.testing.assert_close(feature_a, allocated, rtol=1e-5, atol=1e-6)
+
+
+def test_blocked_ffts_and_products_give_the_single_calls_values_bit_for_bit(monkeypatch):
+    import modeling_stop.prompting_official as prompting
+
+    fast, direct = _pair(PlaneFFTConv3d, 3, 4, (3, 5, 7))
+    x = torch.randn(2, 3, 5, 13, 10)
+    monkeypatch.setattr(prompting, "_FREQUENCY_BLOCK", 7)  # 16 x 6 = 96 frequencies: 14 blocks, the last partial
+    outputs = {}
+    with torch.no_grad(), reused_buffers():
+        for blocked in (False, True):
+            monkeypatch.setattr(prompting, "_BLOCKED", blocked)
+            outputs[blocked] = fast(x).clone()
+        expected = direct(x)
+    assert torch.equal(outputs[True], outputs[False])
+    torch.testing.assert_close(outputs[True], expected, atol=1e-5, rtol=1e-5)
