@@ -3,10 +3,11 @@
     python -m benchmarks.blocked_fft_ab --rounds 8 --output benchmarks/results/blocked_fft_ab_cpu.json
 
 CLIP ViT-B/32 geometry, random weights, 12 frames, batch 1, fp32, inference mode. Per round: the official forward
-with `PlaneFFTConv3d`'s single FFT and matmul calls over the whole stack (`prompting_official._BLOCKED = False`),
-then with one frame's planes per FFT call and the temporal taps per block of frequencies (`_BLOCKED = True`, the
-default), then the frozen vision tower; medians, the ratios to the vision tower, the spatial prompter's own time,
-and whether both give the same output bit for bit.
+with `prompting_official._BLOCKED = False` (`PlaneFFTConv3d`'s single FFT and matmul calls over the whole stack in
+its reused buffers, `FFTConv3d`'s single FFT calls on fresh tensors: the package before the change), then with
+`_BLOCKED = True` (the default: one frame's planes or one channel's volume per FFT call, the temporal taps per block
+of frequencies, `FFTConv3d` in reused buffers too), then the frozen vision tower; medians, the ratios to the vision
+tower, the spatial and temporal prompters' own times, and whether both give the same output bit for bit.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main(argv=None):
     variants = {"single_calls": False, "blocked": True}
     times = {name: [] for name in (*variants, "backbone")}
     prompter_times = {name: [] for name in variants}
+    temporal_times = {name: [] for name in variants}
+    tokens = torch.randn(1, 12, 50, 768, generator=torch.Generator().manual_seed(2))
     outputs = {}
     default = prompting._BLOCKED
     try:
@@ -57,6 +60,9 @@ def main(argv=None):
                     start = time.perf_counter()
                     model.spatial_prompter(pixels)
                     prompter_times[name].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    model.temporal_prompter(tokens, None)
+                    temporal_times[name].append(time.perf_counter() - start)
                 start = time.perf_counter()
                 model.clip.get_image_features(pixel_values=pixels[0])
                 times["backbone"].append(time.perf_counter() - start)
@@ -70,8 +76,10 @@ def main(argv=None):
         "threads": args.threads,
         "seconds": times,
         "spatial_prompter_seconds": prompter_times,
+        "temporal_prompter_seconds": temporal_times,
         "median_seconds": {k: median(v) for k, v in times.items()},
         "median_spatial_prompter_seconds": {k: median(v) for k, v in prompter_times.items()},
+        "median_temporal_prompter_seconds": {k: median(v) for k, v in temporal_times.items()},
         "ratio_to_backbone": {k: median(times[k]) / median(times["backbone"]) for k in variants},
         "paired_ratio_to_backbone": {k: median([m / b for m, b in zip(times[k], times["backbone"])]) for k in variants},
         "rounds_blocked_faster": sum(b < s for b, s in zip(times["blocked"], times["single_calls"])),
@@ -80,6 +88,7 @@ def main(argv=None):
     keys = (
         "median_seconds",
         "median_spatial_prompter_seconds",
+        "median_temporal_prompter_seconds",
         "ratio_to_backbone",
         "paired_ratio_to_backbone",
         "rounds_blocked_faster",

@@ -43,12 +43,14 @@ def shifted_dft_matrix(length: int, taps: int, rows: int, device, dtype=torch.co
 
 _THREAD = threading.local()
 
-# In the reused buffers, the FFTs run one frame's planes per call and the per-frequency products one block of
-# frequencies at a time (all temporal taps while the block is in cache). On CPU a single call over the whole
-# [T * B * C, 240, 240] stack, or a tap's pass over all frequencies, is up to 2x slower once its operands outgrow the
-# cache (`benchmarks/results/blocked_fft_ab_cpu.json`); every plane and every frequency is computed exactly as in
-# the single call (the same values, bit for bit). With autograd the single calls remain (no `out=` there). A switch
-# for A/B measurements (`benchmarks/blocked_fft_ab.py`).
+# In the reused buffers, the FFTs run one frame's planes (`PlaneFFTConv3d`) or one channel's volume (`FFTConv3d`)
+# per call and the per-frequency products one block of frequencies at a time (all temporal taps while the block is in
+# cache). On CPU a single call over the whole [T * B * C, 240, 240] stack, or a tap's pass over all frequencies, is up
+# to 2x slower once its operands outgrow the cache, and torch's FFTs allocate (and page-fault in) temporaries the
+# size of their whole input (`benchmarks/results/blocked_fft_ab_cpu.json`); every plane, volume and frequency is
+# computed exactly as in the single call (the same values, bit for bit). With autograd the single calls remain (no
+# `out=` there). A switch for A/B measurements (`benchmarks/blocked_fft_ab.py`); `FFTConv3d` uses its buffers only
+# when it is on.
 _BLOCKED = True
 _FREQUENCY_BLOCK = 4096
 
@@ -69,6 +71,25 @@ def reused_buffers():
         _THREAD.active = previous
 
 
+def buffer_fn(blocked_only: bool = False):
+    """`buffer(name, shape, dtype)`: a view of this thread's reused flat buffer `name` (grown when too small) inside
+    `reused_buffers()` and outside autograd (and, with `blocked_only`, while `_BLOCKED` is on); None otherwise (the
+    caller allocates as usual)."""
+    if not getattr(_THREAD, "active", False) or torch.is_grad_enabled() or (blocked_only and not _BLOCKED):
+        return lambda name, shape, dtype: None
+    workspace = _THREAD.__dict__.setdefault("buffers", {})  # kept for the thread's lifetime
+
+    def buffer(name, shape, dtype):
+        numel = math.prod(shape)
+        flat = workspace.get((name, dtype))
+        if flat is None or flat.numel() < numel:
+            with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
+                flat = workspace[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        return flat[:numel].view(shape)
+
+    return buffer
+
+
 class PlaneFFTConv3d(nn.Conv3d):
     """A stride-1, "same"-padded Conv3d (odd kernel, zero padding) computed through 2-D real FFTs over its last two
     axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
@@ -79,19 +100,7 @@ class PlaneFFTConv3d(nn.Conv3d):
     version."""
 
     def _buffer_fn(self):
-        if not getattr(_THREAD, "active", False) or torch.is_grad_enabled():
-            return lambda name, shape, dtype: None
-        workspace = _THREAD.__dict__.setdefault("buffers", {})  # kept for the thread's lifetime
-
-        def buffer(name, shape, dtype):
-            numel = math.prod(shape)
-            flat = workspace.get((name, dtype))
-            if flat is None or flat.numel() < numel:
-                with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
-                    flat = workspace[(name, dtype)] = torch.empty(numel, dtype=dtype)
-            return flat[:numel].view(shape)
-
-        return buffer
+        return buffer_fn()
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
         kernel = self.kernel_size
@@ -195,4 +204,11 @@ def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneF
     return PlaneFFTConv3d(in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
 
 
-__all__ = ["PlaneFFTConv3d", "fast_fft_length", "plane_fft_same_conv3d", "reused_buffers", "shifted_dft_matrix"]
+__all__ = [
+    "PlaneFFTConv3d",
+    "buffer_fn",
+    "fast_fft_length",
+    "plane_fft_same_conv3d",
+    "reused_buffers",
+    "shifted_dft_matrix",
+]

@@ -129,3 +129,21 @@ def test_blocked_ffts_and_products_give_the_single_calls_values_bit_for_bit(monk
         expected = direct(x)
     assert torch.equal(outputs[True], outputs[False])
     torch.testing.assert_close(outputs[True], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fft_conv3d_in_reused_buffers_gives_the_same_values_bit_for_bit_and_a_fresh_output(monkeypatch):
+    import modeling_stop.prompting_official as prompting
+
+    for c_in, c_out in ((1, 3), (3, 1), (2, 2)):
+        fast, direct = _pair(FFTConv3d, c_in, c_out, (3, 5, 3))
+        x, y = torch.randn(2, c_in, 4, 9, 11), torch.randn(2, c_in, 4, 9, 11)
+        with torch.no_grad():
+            plain = fast(x)
+            with reused_buffers():
+                first = fast(x)
+                fast(y)  # writes the same buffers: the first output is not a view of them
+                monkeypatch.setattr(prompting, "_BLOCKED", False)  # the A/B baseline: no buffers
+                unbuffered = fast(x)
+                monkeypatch.setattr(prompting, "_BLOCKED", True)
+        assert torch.equal(first, plain) and torch.equal(unbuffered, plain)
+        torch.testing.assert_close(first, direct(x), atol=1e-5, rtol=1e-5)
