@@ -39,6 +39,7 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     _frozen_residual,
     _split_heads,
     encode_paper_video,
+    frozen_linear,
 )
 
 
@@ -300,9 +301,11 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
     queries = seq if queries is None else queries
 
     hg, hf = layer.layer_norm1(global_tokens), layer.layer_norm1(frame_tokens)
-    qg, kg, vg = (_split_heads(p(hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,H,G,hd]
-    kf, vf = (_split_heads(p(hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
-    qf = _split_heads(attn.q_proj(hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
+    qg, kg, vg = (
+        _split_heads(frozen_linear(p, hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )  # [B,H,G,hd]
+    kf, vf = (_split_heads(frozen_linear(p, hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    qf = _split_heads(frozen_linear(attn.q_proj, hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
 
     def frame_keys(g, f):  # [B,T,H,G+S,hd]
         return torch.cat([g.unsqueeze(1).expand(-1, frames, -1, -1, -1), f], dim=3)
@@ -329,7 +332,7 @@ def causal_text_block(layer, adapter, adapter_scale, hidden_states):
     """One frozen CLIP text layer (causal self-attention) with the residual adapter."""
     attn = layer.self_attn
     h = layer.layer_norm1(hidden_states)
-    q, k, v = (_split_heads(p(h), attn.num_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k, v = (_split_heads(frozen_linear(p, h), attn.num_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return _frozen_residual(layer, adapter, adapter_scale, hidden_states, attended)
 
@@ -581,8 +584,8 @@ def cls_patch_attention(layer, tokens: torch.Tensor) -> torch.Tensor:
     """The frozen block's CLS-to-patch attention on tokens [B, T, 1 + N, D], averaged over heads: [B, T, N]."""
     attn = layer.self_attn
     h = layer.layer_norm1(tokens)
-    q = _split_heads(attn.q_proj(h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
-    k = _split_heads(attn.k_proj(h), attn.num_heads)  # [B, T, H, 1 + N, hd]
+    q = _split_heads(frozen_linear(attn.q_proj, h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
+    k = _split_heads(frozen_linear(attn.k_proj, h), attn.num_heads)  # [B, T, H, 1 + N, hd]
     weights = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1).mean(2)[:, :, 0, 1:]
     return weights / weights.sum(-1, keepdim=True)
 

@@ -30,7 +30,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_stop import STOPConfig
-from .prompting_official import fast_fft_length, plane_fft_same_conv3d, reused_buffers
+from .prompting_official import buffer_fn, fast_fft_length, plane_fft_same_conv3d, reused_buffers
 from .prompting_paper import (  # the attention head helpers are shared with the paper variant's blocks
     STOPFrameIdentity,
     STOPPaperSpatialPrompting,
@@ -39,6 +39,7 @@ from .prompting_paper import (  # the attention head helpers are shared with the
     _frozen_residual,
     _split_heads,
     encode_paper_video,
+    frozen_linear,
 )
 
 
@@ -300,9 +301,11 @@ def global_local_block(layer, adapter, adapter_scale, global_tokens, frame_token
     queries = seq if queries is None else queries
 
     hg, hf = layer.layer_norm1(global_tokens), layer.layer_norm1(frame_tokens)
-    qg, kg, vg = (_split_heads(p(hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,H,G,hd]
-    kf, vf = (_split_heads(p(hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
-    qf = _split_heads(attn.q_proj(hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
+    qg, kg, vg = (
+        _split_heads(frozen_linear(p, hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )  # [B,H,G,hd]
+    kf, vf = (_split_heads(frozen_linear(p, hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    qf = _split_heads(frozen_linear(attn.q_proj, hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
 
     def frame_keys(g, f):  # [B,T,H,G+S,hd]
         return torch.cat([g.unsqueeze(1).expand(-1, frames, -1, -1, -1), f], dim=3)
@@ -329,7 +332,7 @@ def causal_text_block(layer, adapter, adapter_scale, hidden_states):
     """One frozen CLIP text layer (causal self-attention) with the residual adapter."""
     attn = layer.self_attn
     h = layer.layer_norm1(hidden_states)
-    q, k, v = (_split_heads(p(h), attn.num_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k, v = (_split_heads(frozen_linear(p, h), attn.num_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return _frozen_residual(layer, adapter, adapter_scale, hidden_states, attended)
 
@@ -355,13 +358,44 @@ class FFTConv3d(nn.Conv3d):
         # A circular convolution of length >= n + k // 2 per axis leaves the "same" window free of wrap-around.
         lengths = [fast_fft_length(n + p) for n, p in zip(size, pads)]
         dims = (2, 3, 4)
+        b, c_in = x.shape[:2]
+        half = [*lengths[:2], lengths[2] // 2 + 1]
+        # Inside `reused_buffers()` and outside autograd the spectra and the full output are written into buffers
+        # kept per thread, one channel's volume per FFT call (as in `PlaneFFTConv3d`: the same values bit for bit,
+        # without the page faults of large temporaries); the returned tensor is always a fresh one.
+        buffer = buffer_fn(blocked_only=True)
         with torch.autocast("cpu", enabled=False):
-            spectrum = torch.fft.rfftn(x.float(), s=lengths, dim=dims)
-            kernel = self.kernel_spectrum(lengths)
-            full = torch.fft.irfftn(torch.einsum("bc...,oc...->bo...", spectrum, kernel), s=lengths, dim=dims)
+            spectrum = buffer("fft3_spectrum", (b, c_in, *half), torch.complex64)
+            if spectrum is None:
+                spectrum = torch.fft.rfftn(x.float(), s=lengths, dim=dims)
+            else:  # one volume per call: torch's multi-dimensional FFT allocates temporaries of its whole input
+                for volume, out in zip(x.float().flatten(0, 1), spectrum.flatten(0, 1)):
+                    torch.fft.rfftn(volume, s=lengths, out=out)
+            kernel = self.kernel_spectrum(lengths)  # [C_out, C_in, *half]
+            # out[b, o] = sum_c spectrum[b, c] * kernel[o, c], as broadcast products over the few input channels
+            # (the same operations with and without the buffers; faster here than einsum's complex matmul)
+            product = buffer("fft3_product", (b, self.out_channels, *half), torch.complex64)
+            if product is None:
+                product = spectrum[:, :1] * kernel[None, :, 0]
+                for c in range(1, c_in):
+                    product = product + spectrum[:, c : c + 1] * kernel[None, :, c]
+            else:
+                torch.mul(spectrum[:, :1], kernel[None, :, 0], out=product)
+                if c_in > 1:
+                    term = buffer("fft3_term", product.shape, torch.complex64)
+                    for c in range(1, c_in):
+                        product.add_(torch.mul(spectrum[:, c : c + 1], kernel[None, :, c], out=term))
+            full = buffer("fft3_full", (b, self.out_channels, *lengths), torch.float32)
+            if full is None:
+                full = torch.fft.irfftn(product, s=lengths, dim=dims)
+            else:
+                for volume, out in zip(product.flatten(0, 1), full.flatten(0, 1)):
+                    torch.fft.irfftn(volume, s=lengths, out=out)
             out = full[:, :, pads[0] : pads[0] + size[0], pads[1] : pads[1] + size[1], pads[2] : pads[2] + size[2]]
             if self.bias is not None:
                 out = out + self.bias.float().view(1, -1, 1, 1, 1)
+            else:
+                out = out.clone()  # never a view of the reused buffers
         return out.to(x.dtype)
 
     def kernel_spectrum(self, lengths) -> torch.Tensor:
@@ -530,11 +564,12 @@ class STOPOfficialTemporalPrompter(nn.Module):
         b, t, _, d = tokens.shape
         patches = tokens[:, :, 1:].reshape(b, -1, d)
         mixed = self.attention(patches, patches, patches, need_weights=False)[0].view(b, 1, t, -1, d)
-        weights = self.frame_weight(mixed).squeeze(1)  # [B, T, N, D]
+        with reused_buffers():  # the FFT convolutions' intermediates (their outputs are fresh tensors)
+            weights = self.frame_weight(mixed).squeeze(1)  # [B, T, N, D]
+            prompt = self.inter_conv(mixed).squeeze(1)  # [B, T, N, D]
         if region_mask is not None:
             weights = weights + weights * region_mask.flatten(2).unsqueeze(-1).to(weights.dtype)
         weights = self.normalize(weights.mean(dim=(2, 3)))
-        prompt = self.inter_conv(mixed).squeeze(1)  # [B, T, N, D]
         prompt = self.inter_mlp(prompt.transpose(-1, -2)).transpose(-1, -2)  # [B, T, P, D]
         prompt = prompt + prompt * weights[:, :, None, None]
         return STOPTemporalPrompts(local_offset=self.scale * prompt, frame_weights=weights)
@@ -549,8 +584,8 @@ def cls_patch_attention(layer, tokens: torch.Tensor) -> torch.Tensor:
     """The frozen block's CLS-to-patch attention on tokens [B, T, 1 + N, D], averaged over heads: [B, T, N]."""
     attn = layer.self_attn
     h = layer.layer_norm1(tokens)
-    q = _split_heads(attn.q_proj(h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
-    k = _split_heads(attn.k_proj(h), attn.num_heads)  # [B, T, H, 1 + N, hd]
+    q = _split_heads(frozen_linear(attn.q_proj, h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
+    k = _split_heads(frozen_linear(attn.k_proj, h), attn.num_heads)  # [B, T, H, 1 + N, hd]
     weights = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1).mean(2)[:, :, 0, 1:]
     return weights / weights.sum(-1, keepdim=True)
 

@@ -43,6 +43,17 @@ def shifted_dft_matrix(length: int, taps: int, rows: int, device, dtype=torch.co
 
 _THREAD = threading.local()
 
+# In the reused buffers, the FFTs run one frame's planes (`PlaneFFTConv3d`) or one channel's volume (`FFTConv3d`)
+# per call and the per-frequency products one block of frequencies at a time (all temporal taps while the block is in
+# cache). On CPU a single call over the whole [T * B * C, 240, 240] stack, or a tap's pass over all frequencies, is up
+# to 2x slower once its operands outgrow the cache, and torch's FFTs allocate (and page-fault in) temporaries the
+# size of their whole input (`benchmarks/results/blocked_fft_ab_cpu.json`); every plane, volume and frequency is
+# computed exactly as in the single call (the same values, bit for bit). With autograd the single calls remain (no
+# `out=` there). A switch for A/B measurements (`benchmarks/blocked_fft_ab.py`); `FFTConv3d` uses its buffers only
+# when it is on.
+_BLOCKED = True
+_FREQUENCY_BLOCK = 4096
+
 
 @contextlib.contextmanager
 def reused_buffers():
@@ -60,6 +71,25 @@ def reused_buffers():
         _THREAD.active = previous
 
 
+def buffer_fn(blocked_only: bool = False):
+    """`buffer(name, shape, dtype)`: a view of this thread's reused flat buffer `name` (grown when too small) inside
+    `reused_buffers()` and outside autograd (and, with `blocked_only`, while `_BLOCKED` is on); None otherwise (the
+    caller allocates as usual)."""
+    if not getattr(_THREAD, "active", False) or torch.is_grad_enabled() or (blocked_only and not _BLOCKED):
+        return lambda name, shape, dtype: None
+    workspace = _THREAD.__dict__.setdefault("buffers", {})  # kept for the thread's lifetime
+
+    def buffer(name, shape, dtype):
+        numel = math.prod(shape)
+        flat = workspace.get((name, dtype))
+        if flat is None or flat.numel() < numel:
+            with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
+                flat = workspace[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        return flat[:numel].view(shape)
+
+    return buffer
+
+
 class PlaneFFTConv3d(nn.Conv3d):
     """A stride-1, "same"-padded Conv3d (odd kernel, zero padding) computed through 2-D real FFTs over its last two
     axes on CPU; elsewhere, or for any other configuration, the direct convolution. Parameters and state-dict keys
@@ -70,19 +100,7 @@ class PlaneFFTConv3d(nn.Conv3d):
     version."""
 
     def _buffer_fn(self):
-        if not getattr(_THREAD, "active", False) or torch.is_grad_enabled():
-            return lambda name, shape, dtype: None
-        workspace = _THREAD.__dict__.setdefault("buffers", {})  # kept for the thread's lifetime
-
-        def buffer(name, shape, dtype):
-            numel = math.prod(shape)
-            flat = workspace.get((name, dtype))
-            if flat is None or flat.numel() < numel:
-                with torch.inference_mode(False):  # a normal tensor: usable in and outside inference mode
-                    flat = workspace[(name, dtype)] = torch.empty(numel, dtype=dtype)
-            return flat[:numel].view(shape)
-
-        return buffer
+        return buffer_fn()
 
     def _fft_applies(self, x: torch.Tensor) -> bool:
         kernel = self.kernel_size
@@ -140,11 +158,13 @@ class PlaneFFTConv3d(nn.Conv3d):
         freqs = length_h * (length_w // 2 + 1)
         pad = kt // 2
         buffer = self._buffer_fn()
-        planes = torch.fft.rfft2(  # [T, B, C_in, L_h, L_w']
-            x.permute(2, 0, 1, 3, 4),
-            s=(length_h, length_w),
-            out=buffer("planes", (t, b, c_in, length_h, length_w // 2 + 1), torch.complex64),
-        )
+        frames_in = x.permute(2, 0, 1, 3, 4)  # [T, B, C_in, H, W]
+        planes = buffer("planes", (t, b, c_in, length_h, length_w // 2 + 1), torch.complex64)
+        if planes is None or not _BLOCKED:
+            planes = torch.fft.rfft2(frames_in, s=(length_h, length_w), out=planes)  # [T, B, C_in, L_h, L_w']
+        else:  # one frame's planes per call (see `_BLOCKED`)
+            for frame, spectrum in zip(frames_in.unbind(0), planes.unbind(0)):
+                torch.fft.rfft2(frame, s=(length_h, length_w), out=spectrum)
         # Frequencies first, [F, T + kt - 1, B, C_in], zero-padded in time for the temporal taps: every frequency
         # holds one [(T + kt - 1) * B, C_in] matrix, and the frames dt .. dt + T - 1 are its rows from dt * B on.
         spectra = buffer("spectra", (freqs, t + 2 * pad, b, c_in), torch.complex64)
@@ -155,22 +175,40 @@ class PlaneFFTConv3d(nn.Conv3d):
         spectra[:, pad : pad + t] = planes.flatten(3).permute(3, 0, 1, 2)
         spectra = torch.view_as_real(spectra).view(freqs, (t + 2 * pad) * b, 2 * c_in)
         kernel = self.kernel_spectrum(length_h, length_w)  # kt x [F, 2 C_in, 2 C_out]
-        out = torch.bmm(
-            spectra[:, : t * b], kernel[0], out=buffer("products", (freqs, t * b, 2 * c_out), torch.float32)
-        )
-        for dt in range(1, kt):
-            out.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
-        out = torch.view_as_complex(out.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
+        products = buffer("products", (freqs, t * b, 2 * c_out), torch.float32)
+        if products is None or not _BLOCKED:
+            products = torch.bmm(spectra[:, : t * b], kernel[0], out=products)
+            for dt in range(1, kt):
+                products.baddbmm_(spectra[:, dt * b : (dt + t) * b], kernel[dt])
+        else:  # all temporal taps of a block of frequencies while its products are in cache (see `_BLOCKED`)
+            for start in range(0, freqs, _FREQUENCY_BLOCK):
+                rows = slice(start, start + _FREQUENCY_BLOCK)
+                block, inputs = products[rows], spectra[rows]
+                torch.bmm(inputs[:, : t * b], kernel[0][rows], out=block)
+                for dt in range(1, kt):
+                    block.baddbmm_(inputs[:, dt * b : (dt + t) * b], kernel[dt][rows])
+        out = torch.view_as_complex(products.view(length_h, length_w // 2 + 1, t, b, c_out, 2))
         if self.bias is not None:  # a constant over the plane is its zero frequency times the plane size
             out[0, 0] += self.bias.to(out.dtype) * (length_h * length_w)
         frames = buffer("frames", (t, b, c_out, length_h, length_w), torch.float32)
-        frames = None if frames is None else frames.permute(3, 4, 0, 1, 2)
-        frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1), out=frames)[:h, :w]  # [H, W, T, B, C_out]
-        return frames.permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
+        frames = None if frames is None else frames.permute(3, 4, 0, 1, 2)  # [L_h, L_w, T, B, C_out]
+        if frames is None or not _BLOCKED:
+            frames = torch.fft.irfft2(out, s=(length_h, length_w), dim=(0, 1), out=frames)
+        else:  # one frame's planes per call (see `_BLOCKED`)
+            for i in range(t):
+                torch.fft.irfft2(out[:, :, i], s=(length_h, length_w), dim=(0, 1), out=frames[:, :, i])
+        return frames[:h, :w].permute(3, 4, 2, 0, 1)  # [B, C_out, T, H, W]
 
 
 def plane_fft_same_conv3d(in_channels: int, out_channels: int, kernel) -> PlaneFFTConv3d:
     return PlaneFFTConv3d(in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
 
 
-__all__ = ["PlaneFFTConv3d", "fast_fft_length", "plane_fft_same_conv3d", "reused_buffers", "shifted_dft_matrix"]
+__all__ = [
+    "PlaneFFTConv3d",
+    "buffer_fn",
+    "fast_fft_length",
+    "plane_fft_same_conv3d",
+    "reused_buffers",
+    "shifted_dft_matrix",
+]

@@ -21,10 +21,57 @@ This file only depends on torch: `modeling_stop.py` imports it relatively, so `s
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+def _cpu_linear_backend() -> str:
+    """The GEMM behind the frozen CLIP layers' linears outside autograd on CPU (float32): "onednn" or "mkl".
+
+    `STOP_CPU_LINEAR=onednn|mkl` chooses; by default ("auto") oneDNN on AMD CPUs with AVX-512, where torch's MKL
+    sgemm (the `F.linear` of every stock module) takes its generic code path: [600, 768] @ [768, 3072] ran at 174
+    GFLOP/s through MKL and 380 through oneDNN on a 2-core AMD EPYC (AVX-512), the same values up to float32
+    rounding (`benchmarks/results/cpu_linear_backends.json`). MKL elsewhere (not measured to be slower there)."""
+    choice = os.environ.get("STOP_CPU_LINEAR", "auto").lower()
+    available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if choice not in ("auto", "onednn", "mkl"):
+        raise ValueError(f"STOP_CPU_LINEAR must be auto, onednn or mkl, got {choice!r}")
+    if choice != "auto":
+        return choice if available else "mkl"
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read(1 << 16)
+    except OSError:
+        return "mkl"
+    amd, avx512 = "AuthenticAMD" in info, " avx512f" in info
+    return "onednn" if available and amd and avx512 else "mkl"
+
+
+CPU_LINEAR_BACKEND = _cpu_linear_backend()
+
+
+def frozen_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` for the frozen CLIP layers' projections: outside autograd and autocast, for float32 on CPU, through
+    oneDNN when `CPU_LINEAR_BACKEND` says so (no gradient formula there: with autograd it is always `linear(x)`)."""
+    if (
+        CPU_LINEAR_BACKEND == "onednn"
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and linear.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "none", [], "")
+    return linear(x)
+
+
+def frozen_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A frozen `CLIPMLP` (fc1, activation, fc2) with `frozen_linear`."""
+    return frozen_linear(mlp.fc2, mlp.activation_fn(frozen_linear(mlp.fc1, x)))
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -52,8 +99,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: tor
 def _frozen_residual(layer, adapter, adapter_scale, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     """The rest of a frozen CLIP layer after its attention, on tokens x [..., D] and their attention output
     [..., H, L, hd]: `x + out_proj(attention)`, then `+ MLP(ln_2(.)) + scale * adapter(.)`."""
-    x = x + layer.self_attn.out_proj(_merge_heads(attended))
-    return x + layer.mlp(layer.layer_norm2(x)) + adapter_scale * adapter(x)
+    x = x + frozen_linear(layer.self_attn.out_proj, _merge_heads(attended))
+    return x + frozen_mlp(layer.mlp, layer.layer_norm2(x)) + adapter_scale * adapter(x)
 
 
 def _to_volume(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -93,8 +140,8 @@ def first_layer_cls_attention(layer, tokens: torch.Tensor) -> torch.Tensor:
     over the patches: [B, T, N]."""
     attn = layer.self_attn
     h = layer.layer_norm1(tokens)
-    q = _split_heads(attn.q_proj(h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
-    k = _split_heads(attn.k_proj(h[:, :, 1:]), attn.num_heads)  # [B, T, H, N, hd]
+    q = _split_heads(frozen_linear(attn.q_proj, h[:, :, :1]), attn.num_heads)  # [B, T, H, 1, hd]
+    k = _split_heads(frozen_linear(attn.k_proj, h[:, :, 1:]), attn.num_heads)  # [B, T, H, N, hd]
     return (q @ k.transpose(-1, -2) * attn.scale).softmax(-1).mean(2)[:, :, 0]
 
 
@@ -313,9 +360,11 @@ def paper_global_local_block(layer, adapter, adapter_scale, global_tokens, frame
     heads, slots, queries = attn.num_heads, layout.slots, layout.queries
 
     hg, hf = layer.layer_norm1(global_tokens), layer.layer_norm1(frame_tokens)
-    qg, kg, vg = (_split_heads(p(hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # [B,H,G,hd]
-    kf, vf = (_split_heads(p(hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
-    qf = _split_heads(attn.q_proj(hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
+    qg, kg, vg = (
+        _split_heads(frozen_linear(p, hg), heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )  # [B,H,G,hd]
+    kf, vf = (_split_heads(frozen_linear(p, hf), heads) for p in (attn.k_proj, attn.v_proj))  # [B,T,H,S,hd]
+    qf = _split_heads(frozen_linear(attn.q_proj, hf[:, :, :queries]), heads)  # [B,T,H,queries,hd]
 
     always = frame_valid.new_ones(frame_valid.shape[0], frames, num_global)
     key_parts_k = [kg.unsqueeze(1).expand(-1, frames, -1, -1, -1), kf]
