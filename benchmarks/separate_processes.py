@@ -1,15 +1,16 @@
 """Eval forward of the official variant against the frozen vision tower (and the authors' formulation), each model in
 its own fresh process, the processes alternating: the way the speed target is checked from outside.
 
-    python -m benchmarks.separate_processes --rounds 7 --output benchmarks/results/separate_processes_avx2.json
-    python -m benchmarks.separate_processes --models vision_tower official official_authors --rounds 3 --forwards 1
+    python -m benchmarks.separate_processes --models vision_tower official official_authors --rounds 5 --forwards 1 \
+        --output benchmarks/results/separate_processes_zen5.json
 
 CLIP ViT-B/32 geometry with random weights (the same seed for every model: identical CLIP weights; the cost does not
 depend on the values), 12 frames of 224 px, batch 1, fp32, inference mode. Per round every model runs in a new
 Python process: build, one untimed warm-up forward, then `--forwards` timed forwards, whose median is the process's
 time. `vision_tower` times `model.clip.get_image_features` over the 12 frames; `official` the official variant's
 `get_video_features`; `official_authors` the same model computed as the authors' released code computes it
-(`benchmarks.speed.use_authors_official_convs`). The order of the models rotates every round. Reported: per round the
+(`benchmarks.speed.use_authors_official_convs`), with the frozen linears through `F.linear` as in their code
+(`STOP_CPU_LINEAR` does not apply to it). The order of the models rotates every round. Reported: per round the
 ratio of each model's time to that round's vision tower, and the median of those ratios over the rounds.
 """
 
@@ -40,6 +41,10 @@ def child(name: str, forwards: int, threads: int) -> dict:
     from benchmarks.speed import build_model
 
     torch.set_num_threads(threads)
+    if name == "official_authors":  # the authors' code runs every linear through torch's default GEMM
+        import modeling_stop.prompting_paper as paper
+
+        paper.CPU_LINEAR_BACKEND = "mkl"
     model = build_model("official_authors" if name == "official_authors" else "official", _SPEC).eval()
     pixels = torch.randn(1, 12, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     if name == VISION_TOWER:
