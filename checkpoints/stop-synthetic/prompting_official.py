@@ -48,7 +48,8 @@ _THREAD = threading.local()
 # cache). On CPU a single call over the whole [T * B * C, 240, 240] stack, or a tap's pass over all frequencies, is up
 # to 2x slower once its operands outgrow the cache, and torch's FFTs allocate (and page-fault in) temporaries the
 # size of their whole input (`benchmarks/results/blocked_fft_ab_cpu.json`); every plane, volume and frequency is
-# computed exactly as in the single call (the same values, bit for bit). With autograd the single calls remain (no
+# computed as in the single call: the same values up to float32 rounding (bit for bit in the A/B runs with 2
+# threads; with one thread a 3-D FFT per volume differs from the batched call by ~2e-7). With autograd the single calls remain (no
 # `out=` there). A switch for A/B measurements (`benchmarks/blocked_fft_ab.py`); `FFTConv3d` uses its buffers only
 # when it is on.
 _BLOCKED = True
