@@ -35,7 +35,9 @@ def _cpu_linear_backend() -> str:
     `STOP_CPU_LINEAR=onednn|mkl` chooses; by default ("auto") oneDNN on AMD CPUs with AVX-512, where torch's MKL
     sgemm (the `F.linear` of every stock module) takes its generic code path: [600, 768] @ [768, 3072] ran at 174
     GFLOP/s through MKL and 380 through oneDNN on a 2-core AMD EPYC (AVX-512), the same values up to float32
-    rounding (`benchmarks/results/cpu_linear_backends.json`). MKL elsewhere (not measured to be slower there)."""
+    rounding (`benchmarks/results/cpu_linear_backends.json`). MKL elsewhere (not measured to be slower there). With
+    autograd the frozen layers use it too (their input's gradient is a GEMM of the same kind); trainable linears
+    never."""
     choice = os.environ.get("STOP_CPU_LINEAR", "auto").lower()
     available = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     if choice not in ("auto", "onednn", "mkl"):
@@ -54,18 +56,39 @@ def _cpu_linear_backend() -> str:
 CPU_LINEAR_BACKEND = _cpu_linear_backend()
 
 
+class _FrozenOneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b through oneDNN for a frozen (W, b): the backward is the input's gradient only, grad W (oneDNN
+    again, on the transposed view of W)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = torch.ops.mkldnn._linear_pointwise(grad.contiguous(), weight.t(), None, "none", [], "")
+        return grad_x, None, None
+
+
 def frozen_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`linear(x)` for the frozen CLIP layers' projections: outside autograd and autocast, for float32 on CPU, through
-    oneDNN when `CPU_LINEAR_BACKEND` says so (no gradient formula there: with autograd it is always `linear(x)`)."""
+    """`linear(x)` for the frozen CLIP layers' projections: for float32 on CPU, without autocast, through oneDNN when
+    `CPU_LINEAR_BACKEND` says so; with autograd only while the layer's weights are frozen (then the gradient reaches
+    the input through oneDNN too), else `linear(x)`."""
+    weight, bias = linear.weight, linear.bias
     if (
         CPU_LINEAR_BACKEND == "onednn"
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and linear.weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
+        and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
     ):
-        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "none", [], "")
+        if not torch.is_grad_enabled():
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        if not weight.requires_grad and (bias is None or not bias.requires_grad):
+            return _FrozenOneDNNLinear.apply(x, weight, bias)
     return linear(x)
 
 
