@@ -17,10 +17,7 @@ import argparse
 import json
 import sys
 import time
-
-
-def median(values):
-    return sorted(values)[len(values) // 2]
+from statistics import median_high as median
 
 
 def cpu_flags() -> dict:

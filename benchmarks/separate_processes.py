@@ -23,16 +23,12 @@ import platform
 import subprocess
 import sys
 import time
+from statistics import median
+
+from benchmarks.cpu_linear_backends import cpu_flags
 
 VISION_TOWER = "vision_tower"
 CHOICES = (VISION_TOWER, "official", "official_authors")
-
-
-def median(values):
-    values = sorted(values)
-    return (
-        values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
-    )
 
 
 def child(name: str, forwards: int, threads: int) -> dict:
@@ -113,7 +109,7 @@ def main(argv=None):
     }
     result = {
         "command": " ".join(["python -m benchmarks.separate_processes", *(sys.argv[1:] if argv is None else argv)]),
-        "cpu": _cpu_name(),
+        "cpu": cpu_flags()["model"] or platform.machine(),
         "threads": args.threads,
         "forwards_per_process": args.forwards,
         "rounds": rounds,
@@ -128,17 +124,6 @@ def main(argv=None):
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
