@@ -91,3 +91,27 @@ def test_temporal_head_tells_a_clip_from_its_reversal_after_short_training_on_ca
     after = pair_accuracy()
     assert before <= 0.6 and after >= 0.75, (before, after)
     assert np.isfinite(loss.item())
+
+
+def test_random_frame_views_are_reproducible_differ_from_uniform_and_are_the_decoded_random_frames(
+    data, processor, tmp_path
+):
+    model = _model()
+    dataset = VideoTextDataset(data, processor.video_processor, training=True, seed=3)
+    uniform = FrameFeatureCache.build(model, dataset, batch_size=8, disable_progress=True)
+    view = FrameFeatureCache.build(model, dataset, batch_size=8, cache_dir=tmp_path, disable_progress=True, view=1)
+    other = FrameFeatureCache.build(model, dataset, batch_size=8, disable_progress=True, view=2)
+    again = FrameFeatureCache.build(model, dataset, batch_size=8, disable_progress=True, view=1)
+    assert torch.equal(again.features, view.features)  # the same draw every time
+    assert len(list(tmp_path.glob("frame_features-*.pt"))) == 1
+    assert not torch.allclose(view.features, uniform.features)  # 8 frames, 4 segments: other frames than uniform
+    assert not torch.allclose(view.features, other.features)
+    # View 1 is the frozen features of what the dataset decodes with random sampling at epoch 1 (its own seed).
+    random_frames = VideoTextDataset(
+        data, processor.video_processor, caption_column=None, training=True, seed=3, sampling="random"
+    )
+    random_frames.set_epoch(1)
+    item = random_frames[5]
+    with torch.no_grad():
+        expected = model.get_frame_features(item["pixel_values"][None]).float()[0]
+    torch.testing.assert_close(view.features[5], expected, rtol=1e-5, atol=1e-6)

@@ -159,6 +159,13 @@ def parse_args(argv=None, description: str | None = None):
     parser.add_argument("--head_stage_learning_rate", type=float, default=None)
     parser.add_argument("--head_stage_batch_size", type=int, default=None)
     parser.add_argument(
+        "--head_stage_views",
+        type=int,
+        default=None,
+        help="frame samplings cached per training video in stage 1: the uniform frames plus N-1 draws of one random "
+        "frame per segment, one view drawn per video and step (default: the recipe's)",
+    )
+    parser.add_argument(
         "--head_stage_text",
         type=lambda v: v.lower() in ("true", "1"),
         default=None,

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from .data import VideoTextCollator, VideoTextDataset, _sample_seed, build_dataloader
 
 
-def cache_key(model, dataset: VideoTextDataset) -> str:
-    """Fingerprint of (frozen backbone weights, split content, frame sampling)."""
+def cache_key(model, dataset: VideoTextDataset, view: int = 0) -> str:
+    """Fingerprint of (frozen backbone weights, split content, frame sampling, view)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.clip.state_dict().items()):
         digest.update(name.encode())
@@ -32,7 +32,7 @@ def cache_key(model, dataset: VideoTextDataset) -> str:
                 "fingerprint": dataset.dataset._fingerprint,
                 "num_frames": processor.num_frames,
                 "size": processor.size,
-                "sampling": "uniform",
+                "sampling": "uniform" if view == 0 else f"random/{dataset.seed}/{view}",
             },
             sort_keys=True,
             default=str,
@@ -42,7 +42,8 @@ def cache_key(model, dataset: VideoTextDataset) -> str:
 
 
 class FrameFeatureCache:
-    """Frozen per-frame features `[N, T, E]` and masks `[N, T]` of every video of a split (uniform sampling)."""
+    """Frozen per-frame features `[N, T, E]` and masks `[N, T]` of every video of a split: uniform sampling (view 0)
+    or, for view `v > 0`, one random frame inside each segment drawn per (dataset seed, `v`, video)."""
 
     def __init__(self, features: torch.Tensor, video_mask: torch.Tensor, failed: list[str]):
         self.features, self.video_mask, self.failed = features, video_mask, failed
@@ -58,8 +59,9 @@ class FrameFeatureCache:
         cache_dir: str | Path | None = None,
         device=None,
         disable_progress: bool = False,
+        view: int = 0,
     ) -> FrameFeatureCache:
-        path = Path(cache_dir) / f"frame_features-{cache_key(model, dataset)}.pt" if cache_dir else None
+        path = Path(cache_dir) / f"frame_features-{cache_key(model, dataset, view)}.pt" if cache_dir else None
         if path is not None and path.exists():
             data = torch.load(path, weights_only=True)
             return cls(data["features"], data["video_mask"], data["failed"])
@@ -69,13 +71,18 @@ class FrameFeatureCache:
             video_column=dataset.video_column,
             caption_column=None,
             label_column=None,
+            training=view > 0,
+            sampling="random" if view > 0 else "uniform",
+            seed=dataset.seed,
         )
+        eval_view.set_epoch(view)
         loader = build_dataloader(eval_view, VideoTextCollator(None), batch_size, num_workers=num_workers)
         n, t = len(eval_view), dataset.video_processor.num_frames
         features = mask = None
         failed = []
         model.eval()
-        for batch in tqdm(loader, desc="Caching frozen frame features", disable=disable_progress):
+        desc = "Caching frozen frame features" + (f" (random frames, view {view})" if view else "")
+        for batch in tqdm(loader, desc=desc, disable=disable_progress):
             failed += batch["failed"]
             if len(batch["indices"]) == 0:
                 continue
