@@ -137,3 +137,42 @@ def test_trained_checkpoint_puts_more_prompt_tokens_at_a_hard_cut():
         counts = _spliced_counts(model, clips)
         assert counts.shape == (12, 7)
         assert (counts[:, 3] > counts.median(-1).values).float().mean() >= 0.8, counts.tolist()
+
+
+def test_publish_checkpoint_stores_a_run_in_float16_without_its_resume_state_and_keeps_the_gallery(tmp_path):
+    """`utils/publish_checkpoint.py RUN DEST`: how `checkpoints/stop-synthetic` is made from a training run."""
+    import sys
+
+    from modeling_stop import STOPModel
+    from tests.tiny import tiny_stop
+    from training.reporting import write_model_card
+
+    sys.path.insert(0, str(REPO_ROOT / "utils"))
+    from publish_checkpoint import publish
+
+    run = tmp_path / "outputs" / "model"
+    model = tiny_stop()
+    model.save_pretrained(run)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "head_stage.safetensors").write_bytes(b"state")
+    write_model_card(
+        run, "model", "base", "synthetic", "retrieval", {"t2v_R@1": 1.0}, model.config, model_path=str(run)
+    )
+    (run / "modeling_stop.py").write_text("# edited by hand\n")
+    dest = tmp_path / "stop-demo"
+    (dest / "gallery").mkdir(parents=True)
+    (dest / "gallery" / "README.md").write_text("kept")
+
+    publish(run, dest)
+    assert not (dest / "checkpoints").exists() and (dest / "gallery" / "README.md").read_text() == "kept"
+    assert _weights_dtype(dest) == "float16"
+    assert json.loads((dest / "config.json").read_text())["dtype"] == "float32"
+    assert (dest / "modeling_stop.py").read_bytes() == (PACKAGE / "modeling_stop.py").read_bytes()
+    text, snippet = _card(dest)
+    assert re.search(r"^# stop-demo$", text, re.M) and re.search(r"^- name: stop-demo$", text, re.M)
+    assert set(re.findall(r'from_pretrained\("([^"]+)"', snippet)) == {str(dest)}
+    assert re.findall(r"stored in (\w+)", text) == ["float16"]
+    loaded = STOPModel.from_pretrained(dest)
+    assert loaded.dtype == torch.float32
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor.half().float(), rtol=0, atol=0)

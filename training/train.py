@@ -30,7 +30,7 @@ videos fail to decode or when the loss is not finite; it then writes no final or
 
 Defaults are the two-stage recipe of `training/recipe.py` (one table of per-variant defaults): a new model over the
 embedded synthetic backbone (`checkpoints/clip-synthetic`), paper variant with CLIP4Clip's seqTransf temporal head
-over the frozen per-frame features, 8 frames. Stage 1 trains the head on cached frozen frame features (100 epochs,
+over the frozen per-frame features, 8 frames. Stage 1 trains the head on cached frozen frame features (200 epochs,
 at most 2000 steps of 32 clips); stage 2 trains STOP's prompts end to end (batch 16, 3 epochs) with the head gated
 in. AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.2, lr 1e-3 per parameter group, cosine with 10% warmup.
 """
