@@ -216,6 +216,8 @@ def test_two_processes_give_the_losses_and_weights_of_one_process_with_the_doubl
         "official",
         "--frame_weight_norm",
         "video",
+        "--head_stage_steps",
+        "100",
         "--stop_config_overrides",
         "prompter_dropout=0.0",
         "prompter_kernel=3,3,3",
