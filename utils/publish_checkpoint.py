@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from sync_checkpoints import PACKAGE, stale_copies
+from sync_checkpoints import ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SKIP = {"checkpoints"}  # the run's resumable state: optimizer, RNG, stage-1 head
 
 
@@ -46,8 +47,8 @@ def publish(run: Path, dest: Path) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for item in sorted(run.iterdir()):
-        if item.name in SKIP:
-            continue
+        if item.name in SKIP or (item.suffix == ".py" and (PACKAGE / item.name).is_file()):
+            continue  # resume state; code copies come from the package below, never from the run
         target = dest / item.name
         if item.is_dir():
             shutil.rmtree(target, ignore_errors=True)
@@ -61,11 +62,12 @@ def publish(run: Path, dest: Path) -> list[str]:
     card = dest / "README.md"
     if card.is_file():
         card.write_text(_retarget_card(card.read_text(), run, dest))
-    for copy in dest.glob("*.py"):  # the package's code, never the run's
-        source = REPO / "modeling_stop" / copy.name
-        if source.is_file():
-            shutil.copy2(source, copy)
-    return written
+    code = [f.name for f in run.glob("*.py") if (PACKAGE / f.name).is_file()]
+    for name in code:  # make the run's code copies exist in DEST, then refresh them (and what they import)
+        (dest / name).touch()
+    for name in stale_copies(dest):
+        shutil.copyfile(PACKAGE / name, dest / name)
+    return written + code
 
 
 def main(argv=None) -> None:
