@@ -122,8 +122,10 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path):
     assert CLIPModel.from_pretrained(tmp_path / "a").config.text_config.hidden_size == 32
 
 
-def test_resumed_pretraining_is_bit_exact(tmp_path):
-    args = [*TINY, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoint_dir", str(tmp_path / "state")]
+@pytest.mark.parametrize("teacher", [[], ["--teacher_steps", "2", "--num_hidden_layers", "2"]], ids=["", "teacher"])
+def test_resumed_pretraining_is_bit_exact(tmp_path, teacher):
+    state = ["--checkpoint_dir", str(tmp_path / "state")]
+    args = [*TINY, *teacher, "--max_train_steps", "4", "--checkpointing_steps", "2", *state]
     straight = main(["--output_dir", str(tmp_path / "straight"), *args])  # leaves the state of step 2 behind
     resumed = main(["--output_dir", str(tmp_path / "resumed"), *args, "--resume"])
     assert straight == resumed
@@ -132,6 +134,38 @@ def test_resumed_pretraining_is_bit_exact(tmp_path):
         main(["--output_dir", str(tmp_path / "other"), *args, "--resume", "--learning_rate", "0.01"])
     with pytest.raises(FileNotFoundError, match="no training state"):
         main(["--output_dir", str(tmp_path / "none"), *TINY, "--checkpoint_dir", str(tmp_path / "nowhere"), "--resume"])
+
+
+def test_distillation_trains_the_vision_tower_toward_the_teacher(tmp_path, capsys):
+    from training.pretrain_clip import PatchTeacher, train_teacher
+
+    args = parse_args([*TINY, "--teacher_steps", "3", "--distill_layer", "1", "--output_dir", str(tmp_path)])
+    teacher = train_teacher(args)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    pixels = training_batch(0, args, CLIPTokenizer.from_pretrained(DEFAULT_CLIP))[0]
+    targets = teacher.targets(pixels, 8)
+    assert targets.shape == (16, 64, 64) and torch.isfinite(targets).all()
+    assert abs(targets.mean().item()) < 0.5  # standardised per channel on a training batch
+    assert not torch.equal(teacher.state_dict()["mean"], PatchTeacher().state_dict()["mean"])
+    run = [
+        "--teacher_steps",
+        "2",
+        "--distill_layer",
+        "1",
+        "--logging_steps",
+        "1",
+        "--checkpoint_dir",
+        str(tmp_path / "s"),
+    ]
+    main([*TINY, *run, "--output_dir", str(tmp_path / "m")])
+    log = capsys.readouterr().out
+    assert "teacher step 2/2" in log and " distill " in log
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "Dense distillation" in card and "2 steps" in card
+    # Only a stock CLIP is saved: no teacher or distillation weights.
+    assert not any("distill" in k or "teacher" in k for k in load_file(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match="distill_layer"):
+        parse_args([*TINY, "--teacher_steps", "2", "--distill_layer", "2"])  # TINY has one layer
 
 
 def test_brightness_captions_and_renders_extend_the_solid_ones():
