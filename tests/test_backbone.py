@@ -122,7 +122,11 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path):
     assert CLIPModel.from_pretrained(tmp_path / "a").config.text_config.hidden_size == 32
 
 
-@pytest.mark.parametrize("teacher", [[], ["--teacher_steps", "2", "--num_hidden_layers", "2"]], ids=["", "teacher"])
+@pytest.mark.parametrize(
+    "teacher",
+    [[], ["--teacher_steps", "2", "--num_hidden_layers", "2", "--distill_pooled_weight", "0.5"]],
+    ids=["", "teacher"],
+)
 def test_resumed_pretraining_is_bit_exact(tmp_path, teacher):
     state = ["--checkpoint_dir", str(tmp_path / "state")]
     args = [*TINY, *teacher, "--max_train_steps", "4", "--checkpointing_steps", "2", *state]
@@ -147,6 +151,8 @@ def test_distillation_trains_the_vision_tower_toward_the_teacher(tmp_path, capsy
     assert targets.shape == (16, 64, 64) and torch.isfinite(targets).all()
     assert abs(targets.mean().item()) < 0.5  # standardised per channel on a training batch
     assert not torch.equal(teacher.state_dict()["mean"], PatchTeacher().state_dict()["mean"])
+    pooled = teacher.pooled_targets(pixels)
+    assert pooled.shape == (16, 64) and torch.isfinite(pooled).all() and abs(pooled.mean().item()) < 0.5
     run = [
         "--teacher_steps",
         "2",
@@ -154,14 +160,16 @@ def test_distillation_trains_the_vision_tower_toward_the_teacher(tmp_path, capsy
         "1",
         "--logging_steps",
         "1",
+        "--distill_pooled_weight",
+        "0.5",
         "--checkpoint_dir",
         str(tmp_path / "s"),
     ]
     main([*TINY, *run, "--output_dir", str(tmp_path / "m")])
     log = capsys.readouterr().out
-    assert "teacher step 2/2" in log and " distill " in log
+    assert "teacher step 2/2" in log and " distill " in log and " distill_pooled " in log
     card = (tmp_path / "m" / "README.md").read_text()
-    assert "Dense distillation" in card and "2 steps" in card
+    assert "Dense distillation" in card and "2 steps" in card and "global max-pooled feature, with weight 0.5" in card
     # Only a stock CLIP is saved: no teacher or distillation weights.
     assert not any("distill" in k or "teacher" in k for k in load_file(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(ValueError, match="distill_layer"):

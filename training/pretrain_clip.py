@@ -116,6 +116,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--distill_layer", type=int, default=2, help="vision layer whose output is distilled")
     parser.add_argument(
+        "--distill_pooled_weight",
+        type=float,
+        default=0.0,
+        help="with a teacher: weight of a second distillation loss, a linear map (discarded after training) of "
+        "the image embedding predicts the teacher's standardised global max-pooled feature (0: off)",
+    )
+    parser.add_argument(
         "--checkpoint_dir",
         type=Path,
         default=None,
@@ -377,6 +384,8 @@ class PatchTeacher(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in sizes)
         self.register_buffer("mean", torch.zeros(1, width, 1, 1))
         self.register_buffer("std", torch.ones(1, width, 1, 1))
+        self.register_buffer("pooled_mean", torch.zeros(1, width))
+        self.register_buffer("pooled_std", torch.ones(1, width))
 
     def loss(self, pixels, labels):
         pooled = self.features(pixels).amax(dim=(2, 3))
@@ -389,6 +398,11 @@ class PatchTeacher(torch.nn.Module):
         """[B, grid * grid, width] standardised feature map, in the patch order of the vision tower."""
         maps = F.adaptive_avg_pool2d(self.features(pixels), grid)
         return ((maps - self.mean) / self.std).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def pooled_targets(self, pixels):
+        """[B, width] standardised global max-pooled feature: what the attribute heads read."""
+        return (self.features(pixels).amax(dim=(2, 3)) - self.pooled_mean) / self.pooled_std
 
 
 def train_teacher(args):
@@ -408,9 +422,13 @@ def train_teacher(args):
             accs = " ".join(f"{n} {a:.2f}" for n, a in zip(ALL_ATTRIBUTES, accuracies))
             print(f"teacher step {step + 1}/{args.teacher_steps} loss {loss.item():.3f} {accs}", flush=True)
     with torch.no_grad():  # standardise each channel on the last batch
-        maps = F.adaptive_avg_pool2d(teacher.features(pixels), args.image_size // args.patch_size)
+        features = teacher.features(pixels)
+        maps = F.adaptive_avg_pool2d(features, args.image_size // args.patch_size)
         teacher.mean.copy_(maps.mean(dim=(0, 2, 3), keepdim=True))
         teacher.std.copy_(maps.std(dim=(0, 2, 3), keepdim=True) + 1e-3)
+        pooled = features.amax(dim=(2, 3))
+        teacher.pooled_mean.copy_(pooled.mean(dim=0, keepdim=True))
+        teacher.pooled_std.copy_(pooled.std(dim=0, keepdim=True) + 1e-3)
     return teacher.requires_grad_(False).eval()
 
 
@@ -614,12 +632,18 @@ def teacher_paragraph(args):
     """The model card's sentences on the CNN teacher ("" without one)."""
     if not args.teacher_steps:
         return ""
+    pooled = ""
+    if args.distill_pooled_weight:
+        pooled = (
+            " A second linear map, of the image embedding, predicts the teacher's standardised global max-pooled "
+            f"feature, with weight {args.distill_pooled_weight}."
+        )
     return f"""Dense distillation: before pretraining, a small CNN (`PatchTeacher`: three 3 x 3
 convolutions, 2 x 2 max-pools, a global max-pool and linear heads) is trained for {args.teacher_steps} steps to
 classify the main object's attributes on batches of the same distribution (its own stream of the seed); then a
 linear map of the vision tower's patch tokens after layer {args.distill_layer} is trained to predict the teacher's
-standardised feature map at each patch, with weight {args.distill_loss_weight}. The teacher and the map are not
-saved: the result is a stock `CLIPModel`. """
+standardised feature map at each patch, with weight {args.distill_loss_weight}.{pooled} The teacher and the maps
+are not saved: the result is a stock `CLIPModel`. """
 
 
 def shape_limit_sentence(args):
@@ -774,6 +798,8 @@ def main(argv=None):
     if args.teacher_steps:
         heads["distill"] = torch.nn.Linear(args.hidden_size, PatchTeacher().heads[0].in_features)
         heads["teacher"] = PatchTeacher().requires_grad_(False)
+        if args.distill_pooled_weight:
+            heads["distill_pooled"] = torch.nn.Linear(args.projection_dim, PatchTeacher().heads[0].in_features)
     num_parameters = sum(p.numel() for p in model.parameters())
     num_token_embedding = model.text_model.embeddings.token_embedding.weight.numel()
 
@@ -822,6 +848,13 @@ def main(argv=None):
             distill_loss = F.mse_loss(heads["distill"](patches), heads["teacher"].targets(pixels, grid))
             loss = loss + args.distill_loss_weight * distill_loss
             terms["distill"] = distill_loss.item()
+            if args.distill_pooled_weight:
+                pooled_loss = F.mse_loss(
+                    heads["distill_pooled"](outputs.image_embeds * math.sqrt(args.projection_dim)),
+                    heads["teacher"].pooled_targets(pixels),
+                )
+                loss = loss + args.distill_pooled_weight * pooled_loss
+                terms["distill_pooled"] = pooled_loss.item()
         if args.attribute_loss_weight > 0:
             attribute_loss, accuracies = attribute_head_loss(heads["attributes"], outputs.image_embeds, labels)
             loss = loss + args.attribute_loss_weight * attribute_loss
