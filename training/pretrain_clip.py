@@ -286,8 +286,14 @@ def training_batch(step, args, tokenizer):
     keys = [brightness_caption(spec, b) for spec, b, _ in stills]
     same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
     text = tokenizer(captions, padding=True, truncation=True, max_length=32, return_tensors="pt")
-    images = np.stack([render_still_with_brightness(spec, opacity, args.image_size) for spec, _, opacity in stills])
-    return pixel_values(images), text, same, attribute_labels(stills)
+    pixels, labels = rendered_batch(stills, args.image_size)
+    return pixels, text, same, labels
+
+
+def rendered_batch(stills, image_size):
+    """Pixel values and attribute labels of sampled `(spec, brightness, opacity)` stills."""
+    images = np.stack([render_still_with_brightness(spec, opacity, image_size) for spec, _, opacity in stills])
+    return pixel_values(images), attribute_labels(stills)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -394,15 +400,23 @@ class PatchTeacher(torch.nn.Module):
         return loss, [(lg.argmax(1) == labels[:, k]).float().mean().item() for k, lg in enumerate(logits)]
 
     @torch.no_grad()
+    def distillation_targets(self, pixels, grid):
+        """`targets` and `pooled_targets` from one pass of the CNN."""
+        features = self.features(pixels)
+        maps = F.adaptive_avg_pool2d(features, grid)
+        pooled = features.amax(dim=(2, 3))
+        return (
+            ((maps - self.mean) / self.std).flatten(2).transpose(1, 2),
+            (pooled - self.pooled_mean) / self.pooled_std,
+        )
+
     def targets(self, pixels, grid):
         """[B, grid * grid, width] standardised feature map, in the patch order of the vision tower."""
-        maps = F.adaptive_avg_pool2d(self.features(pixels), grid)
-        return ((maps - self.mean) / self.std).flatten(2).transpose(1, 2)
+        return self.distillation_targets(pixels, grid)[0]
 
-    @torch.no_grad()
     def pooled_targets(self, pixels):
         """[B, width] standardised global max-pooled feature: what the attribute heads read."""
-        return (self.features(pixels).amax(dim=(2, 3)) - self.pooled_mean) / self.pooled_std
+        return self.distillation_targets(pixels, 1)[1]
 
 
 def train_teacher(args):
@@ -411,9 +425,7 @@ def train_teacher(args):
     optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-3)
     for step in range(args.teacher_steps):
         rng = np.random.default_rng([args.seed, step, 1])
-        stills = sample_training_stills(rng, args)
-        images = np.stack([render_still_with_brightness(sp, opacity, args.image_size) for sp, _, opacity in stills])
-        pixels, labels = pixel_values(images), attribute_labels(stills)
+        pixels, labels = rendered_batch(sample_training_stills(rng, args), args.image_size)
         loss, accuracies = teacher.loss(pixels, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -845,13 +857,14 @@ def main(argv=None):
         terms = {"contrastive": loss.item()}
         if args.teacher_steps:
             patches = outputs.vision_model_output.hidden_states[args.distill_layer][:, 1:]
-            distill_loss = F.mse_loss(heads["distill"](patches), heads["teacher"].targets(pixels, grid))
+            target_map, target_pooled = heads["teacher"].distillation_targets(pixels, grid)
+            distill_loss = F.mse_loss(heads["distill"](patches), target_map)
             loss = loss + args.distill_loss_weight * distill_loss
             terms["distill"] = distill_loss.item()
             if args.distill_pooled_weight:
                 pooled_loss = F.mse_loss(
                     heads["distill_pooled"](outputs.image_embeds * math.sqrt(args.projection_dim)),
-                    heads["teacher"].pooled_targets(pixels),
+                    target_pooled,
                 )
                 loss = loss + args.distill_pooled_weight * pooled_loss
                 terms["distill_pooled"] = pooled_loss.item()
