@@ -124,7 +124,21 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path):
 
 @pytest.mark.parametrize(
     "teacher",
-    [[], ["--teacher_steps", "2", "--num_hidden_layers", "2", "--distill_pooled_weight", "0.5"]],
+    [
+        [],
+        [
+            "--teacher_steps",
+            "2",
+            "--num_hidden_layers",
+            "2",
+            "--distill_pooled_weight",
+            "0.5",
+            "--shape_loss_weight",
+            "0.5",
+            "--mimetic_init",
+            "1",
+        ],
+    ],
     ids=["", "teacher"],
 )
 def test_resumed_pretraining_is_bit_exact(tmp_path, teacher):
@@ -162,18 +176,52 @@ def test_distillation_trains_the_vision_tower_toward_the_teacher(tmp_path, capsy
         "1",
         "--distill_pooled_weight",
         "0.5",
+        "--shape_loss_weight",
+        "2",
+        "--mimetic_init",
+        "1",
         "--checkpoint_dir",
         str(tmp_path / "s"),
     ]
     main([*TINY, *run, "--output_dir", str(tmp_path / "m")])
     log = capsys.readouterr().out
-    assert "teacher step 2/2" in log and " distill " in log and " distill_pooled " in log
+    assert "teacher step 2/2" in log and " distill " in log and " distill_pooled " in log and " shape_ce " in log
     card = (tmp_path / "m" / "README.md").read_text()
     assert "Dense distillation" in card and "2 steps" in card and "global max-pooled feature, with weight 0.5" in card
+    assert "added once more, with weight 2.0" in card and "starts mimetically" in card
     # Only a stock CLIP is saved: no teacher or distillation weights.
     assert not any("distill" in k or "teacher" in k for k in load_file(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(ValueError, match="distill_layer"):
         parse_args([*TINY, "--teacher_steps", "2", "--distill_layer", "2"])  # TINY has one layer
+
+
+def test_mimetic_init_sets_the_attention_products_and_leaves_the_default_stream_alone():
+    from training.pretrain_clip import build_config, mimetic_init_
+
+    args = parse_args([*TINY, "--hidden_size", "64", "--num_attention_heads", "4"])
+    tokenizer = CLIPTokenizer.from_pretrained(DEFAULT_CLIP)
+    torch.manual_seed(0)
+    model = CLIPModel(build_config(args, tokenizer))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    mimetic_init_(model.vision_model, seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())  # its own generator: later draws are unchanged
+    for layer in model.vision_model.encoder.layers:
+        attention = layer.self_attn
+        query_key = attention.q_proj.weight.T @ attention.k_proj.weight
+        value_out = attention.v_proj.weight.T @ attention.out_proj.weight.T
+        assert abs(query_key.diagonal().mean().item() - 0.7) < 0.15
+        assert abs(value_out.diagonal().mean().item() + 0.4) < 0.1
+        off = ~torch.eye(64, dtype=torch.bool)
+        assert query_key[off].abs().mean() < 0.2
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("vision_model" in k and "self_attn" in k and k.endswith("weight") for k in changed)
+    again = CLIPModel(build_config(args, tokenizer))
+    mimetic_init_(again.vision_model, seed=0)
+    assert torch.equal(
+        again.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+        model.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+    )
 
 
 def test_brightness_captions_and_renders_extend_the_solid_ones():

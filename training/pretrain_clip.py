@@ -123,6 +123,21 @@ def parse_args(argv=None):
         "the image embedding predicts the teacher's standardised global max-pooled feature (0: off)",
     )
     parser.add_argument(
+        "--shape_loss_weight",
+        type=float,
+        default=0.0,
+        help="weight of an extra cross-entropy of the shape attribute head on the image embedding, beside "
+        "--attribute_loss_weight (0: off)",
+    )
+    parser.add_argument(
+        "--mimetic_init",
+        type=int,
+        default=0,
+        help="1: start the vision tower's attention mimetically (query-key products near the identity, "
+        "value-output products near minus the identity) from a generator of its own, so the default init's random "
+        "stream is unchanged",
+    )
+    parser.add_argument(
         "--checkpoint_dir",
         type=Path,
         default=None,
@@ -337,6 +352,36 @@ def sincos_2d(grid, dim):
     out = [f(c.flatten()[:, None] * omega[None, :]) for c in (xs, ys) for f in (torch.sin, torch.cos)]
     table = torch.cat(out, dim=1)
     return F.pad(table, (0, dim - table.shape[1])) * math.sqrt(2.0)
+
+
+def mimetic_init_(vision_model, seed, alphas=(0.7, 0.4), betas=(0.7, 0.4)):
+    """Mimetic initialisation of every attention layer of a CLIP vision tower, in place.
+
+    Trained ViTs have query-key products W_q^T W_k close to a positive multiple of the identity plus noise and
+    value-output products W_v^T W_o^T close to a negative one: starting there (Trockman & Kolter, 2023) lets
+    attention first look at similar, nearby tokens, which helps small ViTs trained from scratch. Each product
+    `alpha * Z + beta * I` (Z ~ N(0, 1/d); alpha = beta = 0.7 for query-key, 0.4 and minus beta for value-output)
+    is split into the two factors by SVD.
+    """
+    generator = torch.Generator().manual_seed(int(seed) * 1000 + 2)
+    with torch.no_grad():
+        for layer in vision_model.encoder.layers:
+            attention = layer.self_attn
+            d = attention.q_proj.weight.shape[1]
+            for (first, second), alpha, sign in (
+                ((attention.q_proj, attention.k_proj), alphas[0], 1.0),
+                ((attention.v_proj, attention.out_proj), alphas[1], -1.0),
+            ):
+                beta = betas[0] if sign > 0 else betas[1]
+                z = torch.randn(d, d, generator=generator) / math.sqrt(d)
+                u, s, vh = torch.linalg.svd(alpha * z + sign * beta * torch.eye(d))
+                root = s.sqrt()
+                first.weight.copy_(root[:, None] * u.T)  # first^T = U sqrt(S)
+                if second is attention.k_proj:
+                    second.weight.copy_(root[:, None] * vh)  # q k^T = x U S V^T x^T
+                else:
+                    second.weight.copy_(vh.T * root[None, :])  # out = x W_v^T W_o^T = x U S V^T
+    return vision_model
 
 
 def contrastive_loss(logits_per_image, same):
@@ -658,6 +703,20 @@ standardised feature map at each patch, with weight {args.distill_loss_weight}.{
 are not saved: the result is a stock `CLIPModel`. """
 
 
+def init_sentences(args):
+    """The model card's sentences on the extra shape loss and the initialisation."""
+    out = ""
+    if args.shape_loss_weight:
+        out += f"The shape head's cross-entropy is added once more, with weight {args.shape_loss_weight}. "
+    out += "The patch position embeddings start from a 2D sine-cosine table. "
+    if args.mimetic_init:
+        out += (
+            "The vision tower's attention starts mimetically (query-key products 0.7 Z + 0.7 I, value-output "
+            "products 0.4 Z - 0.4 I, Z Gaussian; Trockman & Kolter, 2023). "
+        )
+    return out
+
+
 def shape_limit_sentence(args):
     """What the model card says about how shape was learned."""
     if args.teacher_steps:
@@ -720,7 +779,7 @@ Captions in {STILL_TEMPLATES} word orders. No motion.
 Loss: symmetric InfoNCE with soft targets (stills with the same caption are not negatives) plus
 {args.attribute_loss_weight} x the cross-entropy of linear heads that classify the main object's colour, shape,
 size, position and brightness from the image embedding (the heads are used in training only and are not saved).
-{teacher_paragraph(args)}The patch position embeddings start from a 2D sine-cosine table. AdamW, learning rate {args.learning_rate}, weight
+{teacher_paragraph(args)}{init_sentences(args)}AdamW, learning rate {args.learning_rate}, weight
 decay {args.weight_decay}, {args.num_warmup_steps} warmup steps then cosine decay, gradient clipping 1.0. Wall
 time: {train_info["train_seconds"] / 60:.1f} minutes on {args.num_threads} CPU thread(s) (a shared machine: other
 jobs ran beside it).
@@ -805,6 +864,8 @@ def main(argv=None):
         grid = args.image_size // args.patch_size
         with torch.no_grad():
             embeddings.position_embedding.weight[1:] = sincos_2d(grid, args.hidden_size)
+    if args.mimetic_init:
+        mimetic_init_(model.vision_model, args.seed)
     # Everything trained beside the CLIP and discarded after training (saved in the training state only).
     heads = torch.nn.ModuleDict({"attributes": attribute_heads(args.projection_dim)})
     if args.teacher_steps:
@@ -872,6 +933,11 @@ def main(argv=None):
             attribute_loss, accuracies = attribute_head_loss(heads["attributes"], outputs.image_embeds, labels)
             loss = loss + args.attribute_loss_weight * attribute_loss
             terms.update(accuracies)
+        if args.shape_loss_weight > 0:
+            shape_logits = heads["attributes"][1](outputs.image_embeds * math.sqrt(args.projection_dim))
+            shape_loss = F.cross_entropy(shape_logits, labels[:, 1])
+            loss = loss + args.shape_loss_weight * shape_loss
+            terms["shape_ce"] = shape_loss.item()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining: non-finite loss at step {step}; lower --learning_rate")
         loss.backward()
