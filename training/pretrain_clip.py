@@ -368,19 +368,17 @@ def mimetic_init_(vision_model, seed, alphas=(0.7, 0.4), betas=(0.7, 0.4)):
         for layer in vision_model.encoder.layers:
             attention = layer.self_attn
             d = attention.q_proj.weight.shape[1]
-            for (first, second), alpha, sign in (
-                ((attention.q_proj, attention.k_proj), alphas[0], 1.0),
-                ((attention.v_proj, attention.out_proj), alphas[1], -1.0),
+            # q k^T = x W_q^T W_k x^T and out = x W_v^T W_o^T: W_k = sqrt(S) V^T, W_o its transpose.
+            for first, second, alpha, beta, sign, transpose in (
+                (attention.q_proj, attention.k_proj, alphas[0], betas[0], 1.0, False),
+                (attention.v_proj, attention.out_proj, alphas[1], betas[1], -1.0, True),
             ):
-                beta = betas[0] if sign > 0 else betas[1]
                 z = torch.randn(d, d, generator=generator) / math.sqrt(d)
                 u, s, vh = torch.linalg.svd(alpha * z + sign * beta * torch.eye(d))
                 root = s.sqrt()
                 first.weight.copy_(root[:, None] * u.T)  # first^T = U sqrt(S)
-                if second is attention.k_proj:
-                    second.weight.copy_(root[:, None] * vh)  # q k^T = x U S V^T x^T
-                else:
-                    second.weight.copy_(vh.T * root[None, :])  # out = x W_v^T W_o^T = x U S V^T
+                second_weight = root[:, None] * vh  # sqrt(S) V^T
+                second.weight.copy_(second_weight.T if transpose else second_weight)
     return vision_model
 
 
