@@ -248,6 +248,21 @@ class STOPProcessor(ProcessorMixin):
         return processor
 
     @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        # transformers >= 5.25 loads sub-processors here, the video processor through AutoVideoProcessor (which
+        # requires torchvision); ours are read as `_get_arguments_from_pretrained` reads them on earlier versions.
+        kwargs.pop("return_unused_kwargs", None)
+        given = {name: kwargs.pop(name) for name in ("video_processor", "tokenizer") if kwargs.get(name) is not None}
+        loading = {k: v for k, v in kwargs.items() if k not in ("max_words", *VIDEO_SETTINGS)}
+        if len(given) < 2:
+            video_processor, tokenizer = cls._get_arguments_from_pretrained(
+                pretrained_model_name_or_path, processor_dict, **loading
+            )
+            given = {"video_processor": video_processor, "tokenizer": tokenizer, **given}
+        processor_dict.update(given)
+        return processor_dict, kwargs
+
+    @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # ProcessorMixin would load the video processor with AutoVideoProcessor, which requires torchvision.
         # Ours is stored inside processor_config.json (or, saved on its own, in video_preprocessor_config.json).
