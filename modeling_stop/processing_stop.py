@@ -253,7 +253,7 @@ class STOPProcessor(ProcessorMixin):
         # requires torchvision); ours are read as `_get_arguments_from_pretrained` reads them on earlier versions.
         kwargs.pop("return_unused_kwargs", None)
         given = {name: kwargs.pop(name) for name in ("video_processor", "tokenizer") if kwargs.get(name) is not None}
-        loading = {k: v for k, v in kwargs.items() if k not in ("max_words", *VIDEO_SETTINGS)}
+        loading = {k: v for k, v in kwargs.items() if k != "max_words"}  # video settings: popped already
         if len(given) < 2:
             video_processor, tokenizer = cls._get_arguments_from_pretrained(
                 pretrained_model_name_or_path, processor_dict, **loading

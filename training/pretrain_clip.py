@@ -718,15 +718,14 @@ def init_sentences(args):
     return out
 
 
-def shape_limit_sentence(args):
-    """What the model card says about how shape was learned (measured on the same held-out stills)."""
-    return (
-        "In 1100-step runs shape stayed far below the other attributes: 0.525 without the CNN teacher (the shape "
-        "head on the training batches near chance, 0.23-0.25, while the other heads reached 0.96-0.99), 0.562 with "
-        "it, 0.582 adding `--shape_loss_weight 1`, 0.614 adding `--mimetic_init 1` as well; the shape head's "
-        "cross-entropy sat at chance for the first 300 steps and was still falling when the schedule ended. 2000 "
-        "steps with `--shape_loss_weight 1` reached 0.965, with 3 (the default) 0.989. "
-    )
+# What the model card says about how shape was learned (measured on the same held-out stills).
+SHAPE_HISTORY = (
+    "In 1100-step runs shape stayed far below the other attributes: 0.525 without the CNN teacher (the shape "
+    "head on the training batches near chance, 0.23-0.25, while the other heads reached 0.96-0.99), 0.562 with "
+    "it, 0.582 adding `--shape_loss_weight 1`, 0.614 adding `--mimetic_init 1` as well; the shape head's "
+    "cross-entropy sat at chance for the first 300 steps and was still falling when the schedule ended. 2000 "
+    "steps with `--shape_loss_weight 1` reached 0.965, with 3 (the default) 0.989. "
+)
 
 
 def write_model_card(output_dir, args, results, train_info):
@@ -827,7 +826,7 @@ one (`--sincos_position_init 0` / `1`).
 ## Limits
 
 Shape is the weakest attribute ({r["shape_accuracy"]:.3f} zero-shot; {r["mixed_shape_accuracy"]:.3f} when half the
-stills are faint). {shape_limit_sentence(args)}It knows a closed world: {len(COLOURS)} colours ({", ".join(COLOURS)}), {len(SHAPES)} shapes
+stills are faint). {SHAPE_HISTORY}It knows a closed world: {len(COLOURS)} colours ({", ".join(COLOURS)}), {len(SHAPES)} shapes
 ({", ".join(SHAPES)}), two sizes, nine positions, solid or faint, and the words of its captions. Words for motion
 ("moving", "growing", "fading") were never seen; STOP's prompts have to learn them. It is not a substitute for a
 real CLIP on real images.
